@@ -1,0 +1,1 @@
+"""The three processes (api, worker, dispatcher) and the `taskmgr` CLI."""

@@ -1,0 +1,72 @@
+"""HTTP plumbing for the api: JSON bodies in and out, and one error middleware
+that turns the project's errors into clear JSON answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+from loguru import logger
+
+from shared.errors import Conflict, FieldError, InvalidRequest, NotFound, TaskManagerError, Unavailable
+
+JSON_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body, option=JSON_OPTIONS), status=status, headers=headers, content_type="application/json"
+    )
+
+
+def error_body(code: str, message: str, details: list[FieldError] | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        error["details"] = details
+    return {"error": error}
+
+
+async def read_json(request: web.Request) -> Any:
+    """The decoded body; 400 when it is not JSON (413 comes from aiohttp's size cap)."""
+    raw = await request.read()
+    if not raw:
+        raise InvalidRequest("the body is empty; send a JSON object", [FieldError("body", "is required")])
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedJson(f"the body is not valid JSON: {exc}") from None
+
+
+class MalformedJson(TaskManagerError):
+    code = "malformed_json"
+
+
+_STATUS = {InvalidRequest: 422, NotFound: 404, Conflict: 409, Unavailable: 503, MalformedJson: 400}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except TaskManagerError as exc:
+        status = next((s for cls, s in _STATUS.items() if isinstance(exc, cls)), 400)
+        headers = {"Retry-After": str(exc.retry_after_seconds)} if isinstance(exc, Unavailable) else None
+        if isinstance(exc, Unavailable):
+            logger.warning("503 on {} {}: {}", request.method, request.path, exc.message)
+        details = exc.errors if isinstance(exc, InvalidRequest) else None
+        return json_response(error_body(exc.code, exc.message, details), status, headers)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return json_response(
+            error_body("payload_too_large", f"the body exceeds {exc.max_size} bytes"), 413
+        )
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = exc.reason.lower().replace(" ", "_")
+        message = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
+        return json_response(error_body(code, message), exc.status, {k: v for k, v in exc.headers.items()
+                                                                     if k in ("Allow",)})
+    except Exception:
+        logger.exception("unhandled error on {} {}", request.method, request.path)
+        return json_response(error_body("internal_error", "an internal error occurred"), 500)

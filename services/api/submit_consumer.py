@@ -1,0 +1,118 @@
+"""`tm.submit`: the AMQP way in, for services that publish instead of calling REST.
+
+Each message is validated exactly like a REST body, admitted through the same
+path, and answered on `reply_to` (with `correlation_id`) when the publisher
+asks. Invalid messages are dead-lettered with the reason and never stop the
+consumer. `message_id`, when set, is the idempotency key: a redelivered or
+re-sent message never creates a second task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from loguru import logger
+
+from services.api.admission import Admission, Admitted
+from services.api.http import JSON_OPTIONS
+from services.api.views import task_created_view
+from shared import metrics
+from shared.amqp.dead_letter import dead_letter_headers
+from shared.amqp.publisher import Publisher
+from shared.errors import InvalidRequest, TaskManagerError, Unavailable
+from shared.task_request import RequestLimits, validate_task_request
+from shared.task_types import TaskTypeRegistry
+from shared.topology import SUBMIT_QUEUE
+
+PREFETCH = 64
+UNAVAILABLE_PAUSE_SECONDS = 1.0
+
+
+class SubmitConsumer:
+    def __init__(
+        self,
+        channel: AbstractChannel,
+        admission: Admission,
+        publisher: Publisher,
+        registry: TaskTypeRegistry,
+        limits: RequestLimits,
+    ) -> None:
+        self._channel = channel
+        self._admission = admission
+        self._publisher = publisher
+        self._registry = registry
+        self._limits = limits
+        self._tag: str | None = None
+
+    async def start(self) -> None:
+        await self._channel.set_qos(prefetch_count=PREFETCH)
+        queue = await self._channel.get_queue(SUBMIT_QUEUE, ensure=False)
+        self._tag = await queue.consume(self._on_message)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        try:
+            await self._handle(message)
+        except Exception:  # noqa: BLE001 - never let one message stop the consumer
+            logger.exception("tm.submit: unexpected error; message requeued")
+            await asyncio.sleep(UNAVAILABLE_PAUSE_SECONDS)
+            await _settle(message.nack(requeue=True))
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        try:
+            data = orjson.loads(message.body)
+        except orjson.JSONDecodeError as exc:
+            await self._refuse(message, InvalidRequest(f"the message body is not valid JSON: {exc}"))
+            return
+        try:
+            valid = validate_task_request(data, self._registry, self._limits)
+        except InvalidRequest as exc:
+            await self._refuse(message, exc)
+            return
+        key = f"amqp:{message.message_id}" if message.message_id else None
+        [result] = await self._admission.admit([(valid, key)], via="amqp")
+        if isinstance(result, Unavailable):
+            # Not the message's fault: keep it and try again shortly.
+            await asyncio.sleep(UNAVAILABLE_PAUSE_SECONDS)
+            await _settle(message.nack(requeue=True))
+            return
+        if isinstance(result, TaskManagerError):
+            await self._refuse(message, result)
+            return
+        assert isinstance(result, Admitted)
+        await self._reply(message, {"ok": True, "created": result.created, **task_created_view(result.task)})
+        await message.ack()
+
+    async def _refuse(self, message: AbstractIncomingMessage, error: TaskManagerError) -> None:
+        details = error.errors if isinstance(error, InvalidRequest) else []
+        reason = f"{error.code}: {error.message}"
+        logger.warning("tm.submit: refused a message ({})", reason)
+        metrics.tasks_rejected_total.labels(error.code, "amqp").inc()
+        metrics.tasks_dead_lettered_total.labels("invalid_submission").inc()
+        await self._publisher.dead(
+            message.body,
+            headers=dead_letter_headers(reason, source_queue=SUBMIT_QUEUE),
+            routing_key=SUBMIT_QUEUE,
+        )
+        body: dict[str, Any] = {"ok": False, "error": {"code": error.code, "message": error.message}}
+        if details:
+            body["error"]["details"] = details
+        await self._reply(message, body)
+        await message.ack()
+
+    async def _reply(self, message: AbstractIncomingMessage, body: dict[str, Any]) -> None:
+        if not message.reply_to:
+            return
+        try:
+            await self._publisher.reply(message.reply_to, message.correlation_id, orjson.dumps(body, option=JSON_OPTIONS))
+        except Unavailable:
+            logger.warning("tm.submit: could not deliver the reply to {}", message.reply_to)
+
+
+async def _settle(awaitable: Any) -> None:
+    try:
+        await awaitable
+    except Exception:  # noqa: BLE001 - the channel is gone; the broker requeues on its own
+        pass

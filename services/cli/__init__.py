@@ -1,0 +1,1 @@
+"""`taskmgr`: one command for running the fleet and for operators."""

@@ -1,0 +1,48 @@
+"""A small REST client for `taskmgr submit|status|cancel` (standard library only)."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(f"HTTP {status}: {body}")
+        self.status = status
+        self.body = body
+
+
+class ApiClient:
+    def __init__(self, base_url: str, *, timeout: float = 10.0) -> None:
+        self._base = base_url.rstrip("/")
+        self._timeout = timeout
+
+    def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self._base + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+        try:
+            with urllib.request.urlopen(req, timeout=self._timeout) as response:
+                return response.status, _decode(response.read())
+        except urllib.error.HTTPError as exc:
+            raise ApiError(exc.code, _decode(exc.read())) from None
+
+    def submit(self, body: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return self.request("POST", "/api/v1/tasks", body, headers)[1]  # type: ignore[no-any-return]
+
+    def status(self, task_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/api/v1/tasks/{task_id}")[1]  # type: ignore[no-any-return]
+
+    def cancel(self, task_id: str) -> dict[str, Any]:
+        return self.request("DELETE", f"/api/v1/tasks/{task_id}")[1]  # type: ignore[no-any-return]
+
+
+def _decode(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode(errors="replace")

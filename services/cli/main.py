@@ -1,0 +1,233 @@
+"""`taskmgr`: run the fleet (`up`), prepare it (`migrate`, `topology`, `db`),
+and operate it (`submit`, `status`, `cancel`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from loguru import logger
+
+from services.cli.client import ApiClient, ApiError
+from services.cli.supervisor import Supervisor, fleet
+from services.worker.stages import known_stages
+from shared.db.local_server import LocalPostgres, LocalPostgresError, wait_until_accepting
+from shared.logging import configure_logging
+from shared.settings import AmqpSettings, Settings
+from shared.status import TaskStatus
+from shared.task_types import default_registry
+from shared.topology import Topology, declare_topology, verify_topology
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    configure_logging(settings.service, process="taskmgr")
+    try:
+        code = args.func(args, settings)
+    except ApiError as exc:
+        print(json.dumps(exc.body, indent=2, ensure_ascii=False), file=sys.stderr)
+        code = 1
+    except OSError as exc:
+        print(f"taskmgr: cannot reach the api at {settings.service.api_url}: {exc}", file=sys.stderr)
+        code = 1
+    except (LocalPostgresError, PreflightError) as exc:
+        print(f"taskmgr: {exc}", file=sys.stderr)
+        code = 1
+    sys.exit(code)
+
+
+class PreflightError(RuntimeError):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="taskmgr", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run api + one worker per stage + dispatcher in the foreground")
+    up.add_argument("--stages", default=",".join(_fleet_stages()), help="comma-separated stages to run")
+    up.set_defaults(func=cmd_up)
+
+    migrate = sub.add_parser("migrate", help="create the database if needed and apply migrations")
+    migrate.set_defaults(func=cmd_migrate)
+
+    topology = sub.add_parser("topology", help="declare the AMQP topology and verify it")
+    topology.add_argument("--verify-only", action="store_true", help="only check that everything exists")
+    topology.set_defaults(func=cmd_topology)
+
+    db = sub.add_parser("db", help="the local PostgreSQL used when POSTGRES_HOST is not set")
+    db.add_argument("action", choices=["start", "stop", "status"])
+    db.set_defaults(func=cmd_db)
+
+    submit = sub.add_parser("submit", help="submit a task over REST")
+    submit.add_argument("task_type")
+    submit.add_argument("--kb", dest="kb_id")
+    submit.add_argument("--payload", default="{}", help="JSON object")
+    submit.add_argument("--priority", choices=["high", "normal", "low"])
+    submit.add_argument("--retry-limit", type=int)
+    submit.add_argument("--callback-url")
+    submit.add_argument("--idempotency-key")
+    submit.add_argument("--wait", action="store_true", help="wait until the task ends and print it")
+    submit.set_defaults(func=cmd_submit)
+
+    status = sub.add_parser("status", help="show a task")
+    status.add_argument("task_id")
+    status.set_defaults(func=cmd_status)
+
+    cancel = sub.add_parser("cancel", help="cancel a queued or running task")
+    cancel.add_argument("task_id")
+    cancel.set_defaults(func=cmd_cancel)
+    return parser
+
+
+def _fleet_stages() -> tuple[str, ...]:
+    """Every stage some task type uses and this build implements."""
+    return tuple(s for s in default_registry().stages() if s in known_stages())
+
+
+# --- running the fleet ---------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    stages = tuple(s for s in args.stages.split(",") if s)
+    unknown = [s for s in stages if s not in known_stages()]
+    if unknown:
+        raise PreflightError(f"unknown stage(s): {', '.join(unknown)}; known: {', '.join(known_stages())}")
+    _ensure_postgres(settings)
+    _check_broker(settings.amqp)
+    children = fleet(stages, metrics_port_base=settings.service.metrics_port)
+    url = f"http://{settings.service.http_host}:{settings.service.port}"
+    logger.info("task manager starting: api at {} , stages: {} (Ctrl-C to stop)", url, ", ".join(stages))
+    print(f"\n  Task manager API: {url}\n  Try: curl -X POST {url}/api/v1/tasks -H 'Content-Type: application/json' "
+          "-d '{\"task_type\":\"test\",\"payload\":{\"message\":\"hello\"}}'\n", flush=True)
+    return Supervisor(children, grace_seconds=settings.worker.shutdown_grace_seconds).run()
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.db.migrate import upgrade
+
+    _ensure_postgres(settings)
+    upgrade(settings.postgres)
+    print(f"database {settings.postgres.describe()} is at the latest schema")
+    return 0
+
+
+def cmd_topology(args: argparse.Namespace, settings: Settings) -> int:
+    _check_broker(settings.amqp)
+    return asyncio.run(_topology(settings, verify_only=args.verify_only))
+
+
+async def _topology(settings: Settings, *, verify_only: bool) -> int:
+    import aio_pika
+
+    topology = Topology(default_registry().stages(), settings.amqp.stage_queue_max_length)
+    connection = await aio_pika.connect(settings.amqp.connection_url())
+    try:
+        channel = await connection.channel()
+        if not verify_only:
+            await declare_topology(channel, topology)
+        try:
+            depths = await verify_topology(channel, topology)
+        except aio_pika.exceptions.ChannelClosed as exc:
+            print(f"topology incomplete: {exc}", file=sys.stderr)
+            return 1
+    finally:
+        await connection.close()
+    print("topology OK (" + ("verified" if verify_only else "declared and verified") + ")")
+    for name, ready in depths.items():
+        print(f"  {name:<28} {ready:>8} ready")
+    return 0
+
+
+def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
+    if not settings.postgres.uses_local_server:
+        print(f"POSTGRES_HOST is set ({settings.postgres.describe()}); the local server is not used")
+        return 0 if args.action == "status" else 1
+    server = LocalPostgres(settings.postgres)
+    if args.action == "start":
+        _ensure_postgres(settings)
+    elif args.action == "stop":
+        server.stop()
+        print("local PostgreSQL stopped")
+    else:
+        print(f"local PostgreSQL {'running' if server.is_running() else 'stopped'}: {settings.postgres.describe()},"
+              f" data in {server.data_dir}")
+    return 0
+
+
+def _ensure_postgres(settings: Settings) -> None:
+    if not settings.postgres.uses_local_server:
+        return
+    server = LocalPostgres(settings.postgres)
+    if server.ensure_running():
+        logger.info("started local PostgreSQL 16 + pgvector on 127.0.0.1:{} (data: {})",
+                    settings.postgres.local_port, server.data_dir)
+    asyncio.run(wait_until_accepting(settings.postgres))
+
+
+def _check_broker(settings: AmqpSettings) -> None:
+    import aio_pika
+
+    async def probe() -> None:
+        connection = await aio_pika.connect(settings.connection_url(), timeout=5)
+        await connection.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as exc:  # noqa: BLE001 - any failure means the same thing to a newcomer
+        parts = urlsplit(settings.url.get_secret_value())
+        where = f"{parts.hostname or 'localhost'}:{parts.port or 5672}"
+        raise PreflightError(
+            f"RabbitMQ is not reachable at {where} ({type(exc).__name__}); start it with "
+            "`rabbitmq-server -detached` (or point AMQP_URL at a running broker)"
+        ) from None
+
+
+# --- operating -------------------------------------------------------------------------
+
+
+def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        payload = json.loads(args.payload)
+    except ValueError as exc:
+        raise PreflightError(f"--payload is not valid JSON: {exc}") from None
+    body: dict[str, Any] = {"task_type": args.task_type, "payload": payload}
+    for key in ("kb_id", "priority", "retry_limit", "callback_url"):
+        if getattr(args, key) is not None:
+            body[key] = getattr(args, key)
+    client = ApiClient(settings.service.api_url)
+    created = client.submit(body, args.idempotency_key)
+    if not args.wait:
+        _print(created)
+        return 0
+    while True:
+        task = client.status(created["task_id"])
+        if TaskStatus(task["status"]).is_terminal:
+            _print(task)
+            return 0 if task["status"] == "completed" else 2
+        time.sleep(0.2)
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    _print(ApiClient(settings.service.api_url).status(args.task_id))
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    _print(ApiClient(settings.service.api_url).cancel(args.task_id))
+    return 0
+
+
+def _print(body: Any) -> None:
+    print(json.dumps(body, indent=2, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()

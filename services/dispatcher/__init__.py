@@ -1,0 +1,1 @@
+"""The dispatcher process: owns task state in PostgreSQL and callback delivery."""

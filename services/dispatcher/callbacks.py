@@ -1,0 +1,191 @@
+"""Delivering callbacks from the outbox (`callbacks` table).
+
+A row exists only once its terminal state committed. The sender claims due
+rows (a lease, `FOR UPDATE SKIP LOCKED`, so several dispatchers share the
+work), POSTs the signed body, and records every attempt. Failures wait with
+exponential backoff and jitter; after `CALLBACK_MAX_ATTEMPTS` the callback is
+marked `failed`, visible on the task and in `callback_failures_total`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import backoff
+import orjson
+from loguru import logger
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared import metrics
+from shared.settings import CallbackSettings
+from shared.webhooks import sign
+
+IDLE_POLL_SECONDS = 1.0
+_DB_ERRORS = (DBAPIError, InterfaceError, OperationalError, OSError, ConnectionError)
+
+_CLAIM = text("""
+UPDATE callbacks AS c SET next_attempt_at = now() + make_interval(secs => :lease)
+FROM (
+    SELECT task_id, run FROM callbacks
+    WHERE state = 'pending' AND next_attempt_at <= now()
+    ORDER BY next_attempt_at
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+) AS due, tasks AS t
+WHERE c.task_id = due.task_id AND c.run = due.run AND t.id = c.task_id
+RETURNING CAST(c.task_id AS text) AS task_id, c.run, c.url, c.attempts,
+          t.kb_id, t.task_type, t.status, t.result, t.error, t.finished_at
+""")
+
+_DELIVERED = text("""
+UPDATE callbacks SET state = 'delivered', attempts = attempts + 1, delivered_at = now(),
+       last_status_code = :status_code, last_error = NULL
+WHERE task_id = CAST(:task_id AS uuid) AND run = :run
+""")
+
+_FAILED_ATTEMPT = text("""
+UPDATE callbacks SET attempts = attempts + 1, last_status_code = :status_code, last_error = :error,
+       state = CASE WHEN attempts + 1 >= :max_attempts THEN 'failed' ELSE 'pending' END,
+       next_attempt_at = now() + make_interval(secs => :delay)
+WHERE task_id = CAST(:task_id AS uuid) AND run = :run
+RETURNING state
+""")
+
+_NEXT_DUE = text("SELECT min(next_attempt_at) FROM callbacks WHERE state = 'pending'")
+
+
+@dataclass(frozen=True)
+class DueCallback:
+    task_id: str
+    run: int
+    url: str
+    attempts: int
+    body: bytes
+
+
+class CallbackSender:
+    def __init__(self, engine: AsyncEngine, settings: CallbackSettings, session: aiohttp.ClientSession) -> None:
+        self._engine = engine
+        self._settings = settings
+        self._session = session
+        self._secrets = settings.secrets()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="callback-sender")
+
+    async def stop(self, grace_seconds: float = 10.0) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._sending:
+            await asyncio.wait(self._sending, timeout=grace_seconds)
+
+    async def _run(self) -> None:
+        while True:
+            claimed = 0
+            try:
+                free = self._settings.concurrency - len(self._sending)
+                if free > 0:
+                    due = await self._claim(free)
+                    claimed = len(due)
+                    for callback in due:
+                        task = asyncio.create_task(self._deliver(callback))
+                        self._sending.add(task)
+                        task.add_done_callback(self._sending.discard)
+            except _DB_ERRORS as exc:
+                logger.warning("callback outbox unavailable ({}); retrying", type(exc).__name__)
+            if claimed == 0:
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), IDLE_POLL_SECONDS)
+            elif len(self._sending) >= self._settings.concurrency:
+                await asyncio.wait(set(self._sending), return_when=asyncio.FIRST_COMPLETED)
+
+    async def _claim(self, limit: int) -> list[DueCallback]:
+        lease = self._settings.timeout_seconds + 30
+        async with self._engine.begin() as conn:
+            rows = (await conn.execute(_CLAIM, {"limit": limit, "lease": lease})).all()
+        return [DueCallback(r.task_id, r.run, r.url, r.attempts, _body(r._mapping)) for r in rows]
+
+    async def _deliver(self, callback: DueCallback) -> None:
+        msg_id = f"msg_{callback.task_id.replace('-', '')}_{callback.run}"
+        headers = {"Content-Type": "application/json", **sign(self._secrets, msg_id, callback.body)}
+        status_code: int | None = None
+        error: str | None = None
+        try:
+            async with self._session.post(
+                callback.url,
+                data=callback.body,
+                headers=headers,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=self._settings.timeout_seconds),
+            ) as response:
+                status_code = response.status
+                if not 200 <= response.status < 300:
+                    error = f"HTTP {response.status}"
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            error = f"{type(exc).__name__}: {exc}"[:500] or type(exc).__name__
+        await self._record(callback, status_code, error)
+
+    async def _record(self, callback: DueCallback, status_code: int | None, error: str | None) -> None:
+        params: dict[str, Any] = {"task_id": callback.task_id, "run": callback.run, "status_code": status_code}
+        try:
+            async with self._engine.begin() as conn:
+                if error is None:
+                    await conn.execute(_DELIVERED, params)
+                    metrics.callback_attempts_total.labels("delivered").inc()
+                    return
+                delay = self._delay_seconds(callback.attempts + 1)
+                state = (await conn.execute(_FAILED_ATTEMPT, {
+                    **params, "error": error, "delay": delay, "max_attempts": self._settings.max_attempts,
+                })).scalar_one()
+        except _DB_ERRORS as exc:
+            # The lease expires and the callback is tried again: at-least-once.
+            logger.warning("could not record a callback attempt for task {}: {}", callback.task_id, exc)
+            return
+        metrics.callback_attempts_total.labels("failed").inc()
+        if state == "failed":
+            metrics.callback_failures_total.inc()
+            logger.error("callback for task {} to {} failed for good after {} attempts: {}",
+                         callback.task_id, callback.url, callback.attempts + 1, error)
+        else:
+            logger.warning("callback for task {} failed ({}); next try in {:.1f}s", callback.task_id, error, delay)
+
+    def _delay_seconds(self, attempts: int) -> float:
+        """The `attempts`-th value of backoff's exponential series, capped, with
+        jitter in its upper half (never a near-zero wait after a failure)."""
+        series = backoff.expo(factor=self._settings.backoff_base_seconds, max_value=self._settings.backoff_max_seconds)
+        next(series)  # prime the generator
+        ceiling = next(itertools.islice(series, attempts - 1, None))
+        return ceiling / 2 + backoff.full_jitter(ceiling / 2)
+
+
+def _body(row: Mapping[str, Any]) -> bytes:
+    body: dict[str, Any] = {
+        "task_id": row["task_id"],
+        "kb_id": row["kb_id"],
+        "task_type": row["task_type"],
+        "status": row["status"],
+        "finished_at": row["finished_at"],
+    }
+    if row["status"] == "completed":
+        body["result"] = row["result"]
+    else:
+        body["error"] = row["error"]
+    return orjson.dumps(body, option=orjson.OPT_UTC_Z)
+

@@ -1,0 +1,150 @@
+"""Consumes `tm.dispatcher.events` in batches: fold, write in one transaction,
+then ack the whole batch at once (`multiple=True`). Nothing is acked before
+its write committed; while the database is down, events wait in the queue."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+import backoff
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+from loguru import logger
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from services.dispatcher.state_fold import fold
+from services.dispatcher.state_writer import Ended, TaskStateWriter
+from shared import metrics
+from shared.amqp.dead_letter import dead_letter_headers
+from shared.amqp.publisher import Publisher
+from shared.errors import PoisonMessage, Unavailable
+from shared.messages import CancelTask, TaskEvent, parse_task_event, utcnow
+from shared.settings import DispatcherSettings
+from shared.status import TaskStatus
+from shared.topology import DISPATCHER_EVENTS_QUEUE
+
+_DB_ERRORS = (DBAPIError, InterfaceError, OperationalError, OSError, ConnectionError)
+
+
+class EventConsumer:
+    def __init__(
+        self,
+        writer: TaskStateWriter,
+        publisher: Publisher,
+        settings: DispatcherSettings,
+        *,
+        on_callbacks_queued: Callable[[], None],
+    ) -> None:
+        self._writer = writer
+        self._publisher = publisher
+        self._batch_max = settings.batch_max_events
+        self._batch_wait = settings.batch_max_wait_seconds
+        self._on_callbacks_queued = on_callbacks_queued
+        self._buffer: list[AbstractIncomingMessage] = []
+        self._wakeup = asyncio.Event()
+        self._channel: AbstractChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._tag: str | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.database_healthy = True
+
+    async def start(self, connection: AbstractRobustConnection) -> None:
+        self._channel = await connection.channel()
+        await self._channel.set_qos(prefetch_count=self._batch_max * 2)
+        self._queue = await self._channel.get_queue(DISPATCHER_EVENTS_QUEUE, ensure=False)
+        self._tag = await self._queue.consume(self._on_message)
+        self._loop_task = asyncio.create_task(self._run(), name="event-batches")
+
+    async def stop(self) -> None:
+        """Stop consuming, finish the batch being written, leave the rest unacked."""
+        self._stopping = True
+        if self._queue is not None and self._tag is not None:
+            with contextlib.suppress(Exception):
+                await self._queue.cancel(self._tag)
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        if self._channel is not None:
+            with contextlib.suppress(Exception):
+                await self._channel.close()
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self._buffer.append(message)
+        self._wakeup.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            if len(self._buffer) < self._batch_max and self._batch_wait:
+                await asyncio.sleep(self._batch_wait)  # let a batch gather under load
+            batch, self._buffer = self._buffer[: self._batch_max], self._buffer[self._batch_max :]
+            if not self._buffer:
+                self._wakeup.clear()
+            if not batch:
+                continue
+            try:
+                await asyncio.shield(self._handle(batch))
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - never stop consuming; the batch comes back
+                logger.exception("could not handle a batch of {} events; requeueing it", len(batch))
+                with contextlib.suppress(Exception):
+                    await batch[-1].nack(multiple=True, requeue=True)
+                await asyncio.sleep(1)
+
+    async def _handle(self, batch: list[AbstractIncomingMessage]) -> None:
+        events: list[TaskEvent] = []
+        for message in batch:
+            try:
+                events.append(parse_task_event(message.body))
+            except PoisonMessage as exc:
+                await self._dead_letter(message, exc.message)
+        ended, stale_cancelled = await self._write(events) if events else ([], [])
+        try:
+            await batch[-1].ack(multiple=True)
+        except Exception as exc:  # noqa: BLE001 - channel lost: the broker redelivers; writes are idempotent
+            logger.warning("could not ack {} events ({}); they will be redelivered", len(batch), exc)
+        self._record(events, ended)
+        if any(e.callback_queued for e in ended):
+            self._on_callbacks_queued()
+        for task_id in stale_cancelled:
+            with contextlib.suppress(Unavailable):
+                await self._publisher.control(CancelTask(task_id=task_id, reason="cancelled before it ran"))
+
+    async def _write(self, events: list[TaskEvent]) -> tuple[list[Ended], list[str]]:
+        deltas = fold(events)
+
+        def unhealthy(details: dict[str, object]) -> None:
+            self.database_healthy = False
+            logger.warning("database write failed ({}); retrying in {:.1f}s", details.get("exception"), details["wait"])
+
+        write = backoff.on_exception(
+            backoff.expo, _DB_ERRORS, max_value=5, giveup=lambda _: self._stopping, on_backoff=unhealthy, logger=None
+        )(self._writer.apply)
+        result = await write(deltas)
+        if not self.database_healthy:
+            logger.info("database writes recovered")
+        self.database_healthy = True
+        return result
+
+    async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
+        logger.error("dead-lettering an event that cannot be parsed: {}", reason)
+        headers = dead_letter_headers(reason, source_queue=DISPATCHER_EVENTS_QUEUE, original=message.headers)
+        await self._publisher.dead(message.body, headers=headers, routing_key=message.routing_key or "")
+        metrics.tasks_dead_lettered_total.labels("poison_event").inc()
+
+    def _record(self, events: list[TaskEvent], ended: list[Ended]) -> None:
+        now = utcnow()
+        metrics.dispatcher_batch_size.observe(len(events))
+        for event in events:
+            metrics.dispatcher_event_lag_seconds.observe(max(0.0, (now - event.at).total_seconds()))
+        for task in ended:
+            if task.status is TaskStatus.COMPLETED:
+                metrics.task_success_total.labels(task.task_type).inc()
+            elif task.status is TaskStatus.FAILED:
+                metrics.task_failure_total.labels(task.task_type).inc()
+            else:
+                metrics.tasks_cancelled_total.labels(task.task_type).inc()

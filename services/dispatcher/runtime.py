@@ -1,0 +1,74 @@
+"""Wiring of the dispatcher process: event batches into PostgreSQL, callbacks
+out over HTTP, /metrics and /health; graceful shutdown on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from loguru import logger
+from sqlalchemy import text
+
+from services.dispatcher.callbacks import CallbackSender
+from services.dispatcher.event_consumer import EventConsumer
+from services.dispatcher.state_writer import TaskStateWriter
+from shared.amqp.connection import connect
+from shared.amqp.publisher import Publisher
+from shared.db.engine import create_engine
+from shared.health import start_ops_server
+from shared.runtime import on_shutdown_signal
+from shared.settings import Settings
+from shared.task_types import TaskTypeRegistry, default_registry
+from shared.topology import Topology, declare_topology
+
+
+async def run_dispatcher(settings: Settings, registry: TaskTypeRegistry | None = None) -> None:
+    registry = registry or default_registry()
+    engine = create_engine(settings.postgres)
+    logger.info("task state in PostgreSQL at {}", settings.postgres.describe())
+    connection = await connect(settings.amqp, name="dispatcher")
+    channel = await connection.channel()
+    await declare_topology(channel, Topology(registry.stages(), settings.amqp.stage_queue_max_length))
+    await channel.close()
+    publisher = await Publisher.open(connection)
+    session = aiohttp.ClientSession()
+
+    callbacks = CallbackSender(engine, settings.callbacks, session)
+    consumer = EventConsumer(
+        TaskStateWriter(engine, default_callback_url=settings.callbacks.kb_callback_url),
+        publisher,
+        settings.dispatcher,
+        on_callbacks_queued=callbacks.wake,
+    )
+
+    async def database_ready() -> None:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def broker_ready() -> None:
+        if connection.is_closed or not connection.connected.is_set():
+            raise ConnectionError("not connected to RabbitMQ")
+
+    ops = await start_ops_server(
+        settings.service.http_host,
+        settings.service.metrics_port,
+        {"database": database_ready, "broker": broker_ready},
+        process="dispatcher",
+    )
+    stop = asyncio.Event()
+    on_shutdown_signal(stop.set)
+
+    await consumer.start(connection)
+    callbacks.start()
+    logger.info("dispatcher ready")
+    await stop.wait()
+
+    logger.info("dispatcher shutting down")
+    await consumer.stop()
+    await callbacks.stop()
+    await session.close()
+    if ops is not None:
+        await ops.cleanup()
+    await connection.close()
+    await engine.dispose()
+    logger.info("dispatcher stopped")

@@ -1,0 +1,151 @@
+"""Writing folded task changes to PostgreSQL: one statement per batch.
+
+The batch travels as one JSON parameter (`jsonb_to_recordset`), is upserted
+under the monotonic rules of `state_fold.py`, and the callback outbox rows for
+tasks that just ended are inserted by the same statement, so a callback exists
+exactly when its terminal state committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import bindparam, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.dispatcher.state_fold import TaskDelta
+from shared.status import TaskStatus
+
+_RANK = "CASE {} WHEN 'queued' THEN 0 WHEN 'processing' THEN 1 ELSE 2 END"
+_TERMINAL = "('completed', 'failed', 'cancelled')"
+_RECORD = """
+    id uuid, run int, task_type text, kb_id text, status text, progress int, stage text, attempts int,
+    error jsonb, result jsonb, started_at timestamptz, finished_at timestamptz,
+    estimated_completion timestamptz, next_attempt_at timestamptz, at timestamptz
+"""
+
+# A DLQ replay: a newer run resets the row before that run's events apply.
+_REQUEUE = text(f"""
+UPDATE tasks AS t SET
+    run = d.run, status = 'queued', progress = 0, stage = d.stage, attempts = 0, error = NULL,
+    result = NULL, started_at = NULL, finished_at = NULL, estimated_completion = NULL,
+    next_attempt_at = NULL, updated_at = d.at
+FROM jsonb_to_recordset(CAST(:batch AS jsonb)) AS d({_RECORD})
+WHERE t.id = d.id AND t.run < d.run
+""").bindparams(bindparam("batch", type_=JSONB))
+
+_UPSERT = text(f"""
+WITH d AS (
+    SELECT * FROM jsonb_to_recordset(CAST(:batch AS jsonb)) AS d({_RECORD})
+), up AS (
+    INSERT INTO tasks AS t (
+        id, run, task_type, kb_id, retry_limit, status, progress, stage, attempts, error, result,
+        started_at, finished_at, estimated_completion, next_attempt_at, created_at, updated_at)
+    SELECT id, run, task_type, kb_id, 0, status, progress, stage, attempts, error, result,
+           started_at, finished_at, estimated_completion, next_attempt_at, at, at
+    FROM d
+    ON CONFLICT (id) DO UPDATE SET
+        status = CASE WHEN {_RANK.format("EXCLUDED.status")} > {_RANK.format("t.status")}
+                      THEN EXCLUDED.status ELSE t.status END,
+        progress = GREATEST(t.progress, EXCLUDED.progress),
+        stage = CASE WHEN EXCLUDED.updated_at >= t.updated_at THEN EXCLUDED.stage ELSE t.stage END,
+        attempts = CASE WHEN EXCLUDED.updated_at >= t.updated_at THEN EXCLUDED.attempts ELSE t.attempts END,
+        estimated_completion = CASE
+            WHEN EXCLUDED.status IN {_TERMINAL} THEN NULL
+            WHEN EXCLUDED.updated_at >= t.updated_at THEN EXCLUDED.estimated_completion
+            ELSE t.estimated_completion END,
+        next_attempt_at = CASE
+            WHEN EXCLUDED.status IN {_TERMINAL} THEN NULL
+            WHEN EXCLUDED.updated_at >= t.updated_at THEN EXCLUDED.next_attempt_at
+            ELSE t.next_attempt_at END,
+        error = COALESCE(EXCLUDED.error, t.error),
+        result = COALESCE(EXCLUDED.result, t.result),
+        started_at = LEAST(t.started_at, EXCLUDED.started_at),
+        finished_at = COALESCE(EXCLUDED.finished_at, t.finished_at),
+        updated_at = GREATEST(t.updated_at, EXCLUDED.updated_at)
+    -- Terminal rows are frozen for their run: the first terminal state wins.
+    WHERE t.run = EXCLUDED.run AND t.status NOT IN {_TERMINAL}
+    RETURNING t.id, t.run, t.status, t.task_type, t.callback_url
+), outbox AS (
+    INSERT INTO callbacks (task_id, run, url, next_attempt_at)
+    SELECT id, run, COALESCE(callback_url, CAST(:default_callback_url AS text)), now()
+    FROM up
+    WHERE status IN {_TERMINAL} AND COALESCE(callback_url, CAST(:default_callback_url AS text)) IS NOT NULL
+    ON CONFLICT DO NOTHING
+    RETURNING task_id
+)
+SELECT CAST(up.id AS text) AS id, up.status, up.task_type,
+       EXISTS (SELECT 1 FROM outbox WHERE outbox.task_id = up.id) AS callback_queued
+FROM up
+""").bindparams(bindparam("batch", type_=JSONB))
+
+_CANCELLED_AMONG = text("""
+SELECT CAST(id AS text) AS id FROM tasks
+WHERE id = ANY(CAST(:ids AS uuid[])) AND status = 'cancelled'
+""")
+
+
+@dataclass(frozen=True)
+class Ended:
+    """A task that reached a terminal state in this batch (exactly once)."""
+
+    task_id: str
+    status: TaskStatus
+    task_type: str
+    callback_queued: bool
+
+
+class TaskStateWriter:
+    def __init__(self, engine: AsyncEngine, *, default_callback_url: str | None) -> None:
+        self._engine = engine
+        self._default_callback_url = default_callback_url
+
+    async def apply(self, deltas: Sequence[TaskDelta]) -> tuple[list[Ended], list[str]]:
+        """Commit `deltas` in one transaction. Answers the tasks that ended now,
+        and the ids among still-running deltas whose task was already cancelled
+        (their workers missed the cancel and should be told again)."""
+        batch = [_record(d) for d in deltas]
+        requeues = [r for r, d in zip(batch, deltas, strict=True) if d.requeued]
+        async with self._engine.begin() as conn:
+            if requeues:
+                await conn.execute(_REQUEUE, {"batch": requeues})
+            rows = (
+                await conn.execute(_UPSERT, {"batch": batch, "default_callback_url": self._default_callback_url})
+            ).all()
+            ended = [
+                Ended(r.id, TaskStatus(r.status), r.task_type, r.callback_queued)
+                for r in rows
+                if TaskStatus(r.status).is_terminal
+            ]
+            # Deltas that changed nothing hit a frozen (terminal) row: if it was
+            # cancelled, a worker is running a task it should have skipped.
+            updated = {r.id for r in rows}
+            unchanged = [d.task_id for d in deltas if not d.status.is_terminal and d.task_id not in updated]
+            stale_cancelled: list[str] = []
+            if unchanged:
+                found = await conn.execute(_CANCELLED_AMONG, {"ids": unchanged})
+                stale_cancelled = [r.id for r in found]
+        return ended, stale_cancelled
+
+
+def _record(delta: TaskDelta) -> dict[str, Any]:
+    return {
+        "id": delta.task_id,
+        "run": delta.run,
+        "task_type": delta.task_type,
+        "kb_id": delta.kb_id,
+        "status": delta.status.value,
+        "progress": delta.progress,
+        "stage": delta.stage,
+        "attempts": delta.attempts,
+        "error": delta.error,
+        "result": delta.result,
+        "started_at": delta.started_at,
+        "finished_at": delta.finished_at,
+        "estimated_completion": delta.estimated_completion,
+        "next_attempt_at": delta.next_attempt_at,
+        "at": delta.at,
+    }

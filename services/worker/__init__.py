@@ -1,0 +1,1 @@
+"""The worker process: one stage per process, consuming tm.stage.<stage>."""

@@ -1,0 +1,86 @@
+"""Cancellation requests from `tm.control`: stop a running attempt, and skip a
+task that is delivered after it was cancelled."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from loguru import logger
+
+from shared.errors import PoisonMessage
+from shared.messages import parse_control
+from shared.topology import CONTROL_EXCHANGE, declare_exclusive_queue
+
+T = TypeVar("T")
+
+
+class CancelledByRequest(Exception):
+    """The running attempt was stopped because its task was cancelled."""
+
+
+class CancellationRegistry:
+    def __init__(self, *, remember_seconds: float = 24 * 3600, max_remembered: int = 100_000) -> None:
+        self._cancelled: OrderedDict[str, float] = OrderedDict()
+        self._running: dict[str, asyncio.Task[object]] = {}
+        self._requested: set[str] = set()
+        self._remember_seconds = remember_seconds
+        self._max_remembered = max_remembered
+
+    async def listen(self, connection: AbstractRobustConnection) -> None:
+        """Bind an exclusive queue to tm.control (restored with the connection)."""
+        channel = await connection.channel()
+        queue = await declare_exclusive_queue(channel, CONTROL_EXCHANGE)
+        await queue.consume(self._on_control, no_ack=True)
+
+    async def _on_control(self, message: AbstractIncomingMessage) -> None:
+        try:
+            command = parse_control(message.body)
+        except PoisonMessage as exc:
+            logger.warning("ignored a control message: {}", exc)
+            return
+        if self.cancel(command.task_id):
+            logger.info("cancelling running task {}", command.task_id)
+
+    def cancel(self, task_id: str) -> bool:
+        """Remember the cancel; stop the attempt if it runs here. True when it was running."""
+        self._remember(task_id)
+        running = self._running.get(task_id)
+        if running is None or running.done():
+            return False
+        self._requested.add(task_id)
+        running.cancel("cancelled by request")
+        return True
+
+    def is_cancelled(self, task_id: str) -> bool:
+        expires = self._cancelled.get(task_id)
+        return expires is not None and expires > time.monotonic()
+
+    async def run(self, task_id: str, work: Awaitable[T]) -> T:
+        """Run `work` so that a cancel for `task_id` can stop it.
+
+        A timeout or shutdown cancelling the caller propagates as CancelledError;
+        a cancel request surfaces as CancelledByRequest."""
+        inner: asyncio.Task[T] = asyncio.ensure_future(work)
+        self._running[task_id] = inner  # type: ignore[assignment]
+        try:
+            return await inner
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task_id in self._requested and current is not None and not current.cancelling():
+                raise CancelledByRequest() from None
+            raise
+        finally:
+            self._running.pop(task_id, None)
+            self._requested.discard(task_id)
+
+    def _remember(self, task_id: str) -> None:
+        now = time.monotonic()
+        self._cancelled[task_id] = now + self._remember_seconds
+        self._cancelled.move_to_end(task_id)
+        while len(self._cancelled) > self._max_remembered:
+            self._cancelled.popitem(last=False)

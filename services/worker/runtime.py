@@ -1,0 +1,72 @@
+"""Wiring of one worker process: connection, topology, the stage consumer,
+cancellations, heartbeats, /metrics and /health; graceful shutdown on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+from loguru import logger
+
+from services.worker.cancellation import CancellationRegistry
+from services.worker.consumer import StageWorker
+from services.worker.heartbeat import Heartbeat
+from services.worker.retry_policy import RetryPolicy
+from services.worker.stages import build_stage
+from shared.amqp.connection import connect
+from shared.amqp.publisher import Publisher
+from shared.health import start_ops_server
+from shared.runtime import on_shutdown_signal
+from shared.settings import Settings
+from shared.task_types import TaskTypeRegistry, default_registry
+from shared.topology import Topology, declare_topology
+
+
+async def run_worker(settings: Settings, stage: str, registry: TaskTypeRegistry | None = None) -> None:
+    registry = registry or default_registry()
+    handler = build_stage(stage, settings, registry)
+    worker_id = f"{stage}@{socket.gethostname()}:{os.getpid()}"
+
+    connection = await connect(settings.amqp, name=f"worker-{stage}")
+    channel = await connection.channel()
+    await declare_topology(channel, Topology(registry.stages(), settings.amqp.stage_queue_max_length))
+    await channel.close()
+    publisher = await Publisher.open(connection)
+
+    cancellations = CancellationRegistry()
+    await cancellations.listen(connection)
+    worker = StageWorker(
+        stage=stage,
+        handler=handler,
+        publisher=publisher,
+        cancellations=cancellations,
+        retry_policy=RetryPolicy.from_settings(settings.retry),
+        worker_settings=settings.worker,
+        retry_settings=settings.retry,
+        worker_id=worker_id,
+    )
+    heartbeat = Heartbeat(worker, publisher, settings.worker.heartbeat_interval_seconds)
+
+    async def broker_ready() -> None:
+        if connection.is_closed or not connection.connected.is_set():
+            raise ConnectionError("not connected to RabbitMQ")
+
+    ops = await start_ops_server(
+        settings.service.http_host, settings.service.metrics_port, {"broker": broker_ready}, process=worker_id
+    )
+    stop = asyncio.Event()
+    on_shutdown_signal(stop.set)
+
+    await worker.start(connection)
+    heartbeat.start()
+    logger.info("worker {} ready", worker_id)
+    await stop.wait()
+
+    logger.info("worker {} shutting down", worker_id)
+    await worker.stop(settings.worker.shutdown_grace_seconds)
+    await heartbeat.stop()
+    if ops is not None:
+        await ops.cleanup()
+    await connection.close()
+    logger.info("worker {} stopped", worker_id)

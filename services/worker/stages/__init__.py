@@ -1,0 +1,28 @@
+"""Stage implementations by name. A stage module exposes
+`build(settings, registry) -> StageHandler`."""
+
+from __future__ import annotations
+
+import importlib
+
+from services.worker.stages.base import StageHandler, StageOutput
+from shared.settings import Settings
+from shared.task_types import TaskTypeRegistry
+
+__all__ = ["StageHandler", "StageOutput", "build_stage", "known_stages"]
+
+_MODULES = {
+    "default": "services.worker.stages.default",
+}
+
+
+def known_stages() -> tuple[str, ...]:
+    return tuple(_MODULES)
+
+
+def build_stage(name: str, settings: Settings, registry: TaskTypeRegistry) -> StageHandler:
+    try:
+        module = importlib.import_module(_MODULES[name])
+    except KeyError:
+        raise SystemExit(f"unknown stage {name!r}; known: {', '.join(_MODULES)}") from None
+    return module.build(settings, registry)  # type: ignore[no-any-return]

@@ -1,0 +1,22 @@
+"""The contract of a stage: a plain async function from a task to its output.
+It raises `Retryable` or `Permanent` (shared.errors); the consume loop owns
+acks, retries, dead letters and events."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from services.worker.attempt import AttemptContext
+from shared.messages import TaskMessage
+
+
+@dataclass(frozen=True)
+class StageOutput:
+    result: Any = None  # the task's result, when this is its last stage
+    context: Mapping[str, Any] = field(default_factory=dict)  # references for the next stage
+
+
+class StageHandler(Protocol):
+    async def __call__(self, task: TaskMessage, ctx: AttemptContext) -> StageOutput: ...

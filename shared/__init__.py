@@ -1,0 +1,1 @@
+"""Contracts shared by the api, worker and dispatcher processes."""

@@ -1,0 +1,1 @@
+"""AMQP plumbing shared by every process: connection, publisher, headers."""

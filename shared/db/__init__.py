@@ -1,0 +1,1 @@
+"""Task state storage: table definitions, engine, migrations, the local server."""

@@ -1,0 +1,27 @@
+"""The async engine, one per process, built from settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from shared.settings import PostgresSettings
+
+
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def create_engine(settings: PostgresSettings, *, database: str | None = None, pool_size: int | None = None) -> AsyncEngine:
+    size = pool_size or settings.pool_size
+    return create_async_engine(
+        settings.sqlalchemy_url(database),
+        pool_size=size,
+        max_overflow=size,
+        pool_recycle=1800,
+        json_serializer=_json_dumps,
+        json_deserializer=orjson.loads,
+        connect_args={"server_settings": {"application_name": "taskmgr"}, "timeout": 5},
+    )

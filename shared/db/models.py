@@ -1,0 +1,79 @@
+"""Table definitions (SQLAlchemy Core). Alembic migrations create them; no
+`create_all` at start-up."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+metadata = MetaData()
+
+TASK_STATUSES = ("queued", "processing", "completed", "failed", "cancelled")
+CALLBACK_STATES = ("pending", "delivered", "failed")
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", UUID(as_uuid=False), primary_key=True),
+    # A DLQ replay starts a new run; events of older runs are ignored.
+    Column("run", Integer, nullable=False, server_default="1"),
+    Column("task_type", Text, nullable=False),
+    Column("kb_id", Text),
+    Column("payload", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("priority", Text, nullable=False, server_default="normal"),
+    Column("retry_limit", Integer, nullable=False),
+    Column("timeout_seconds", Float),
+    Column("callback_url", Text),
+    Column("status", Text, nullable=False),
+    Column("progress", SmallInteger, nullable=False, server_default="0"),
+    Column("stage", Text),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("error", JSONB),
+    Column("result", JSONB),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("estimated_completion", DateTime(timezone=True)),
+    Column("next_attempt_at", DateTime(timezone=True)),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("idempotency_key", Text),
+    Column("request_hash", Text),
+    CheckConstraint(f"status IN {TASK_STATUSES}", name="ck_tasks_status"),
+    CheckConstraint("progress BETWEEN 0 AND 100", name="ck_tasks_progress"),
+    Index("ux_tasks_idempotency_key", "idempotency_key", unique=True,
+          postgresql_where=text("idempotency_key IS NOT NULL")),
+    Index("ix_tasks_kb_id", "kb_id", text("id DESC")),
+    Index("ix_tasks_status", "status", text("id DESC")),
+    postgresql_with={"fillfactor": 80},
+)
+
+# The callback outbox: written in the same transaction as the terminal state,
+# so a callback is never lost and never sent for a state that did not commit.
+callbacks = Table(
+    "callbacks",
+    metadata,
+    Column("task_id", UUID(as_uuid=False), primary_key=True),
+    Column("run", Integer, primary_key=True),
+    Column("url", Text, nullable=False),
+    Column("state", Text, nullable=False, server_default="pending"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("last_error", Text),
+    Column("last_status_code", Integer),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("delivered_at", DateTime(timezone=True)),
+    CheckConstraint(f"state IN {CALLBACK_STATES}", name="ck_callbacks_state"),
+    Index("ix_callbacks_due", "next_attempt_at", postgresql_where=text("state = 'pending'")),
+)

@@ -1,0 +1,66 @@
+"""Liveness and readiness. Liveness answers while the event loop runs;
+readiness runs each dependency check with a short timeout."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+Check = Callable[[], Awaitable[None]]  # raises when the dependency is not usable
+
+
+async def run_checks(checks: Mapping[str, Check], timeout: float = 2.0) -> tuple[bool, dict[str, Any]]:
+    async def one(check: Check) -> dict[str, Any]:
+        try:
+            await asyncio.wait_for(check(), timeout)
+            return {"ok": True}
+        except Exception as exc:  # noqa: BLE001 - a failing check is reported, not raised
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+
+    results = dict(zip(checks, await asyncio.gather(*(one(c) for c in checks.values())), strict=True))
+    return all(r["ok"] for r in results.values()), results
+
+
+def health_routes(checks: Mapping[str, Check], *, process: str) -> list[web.RouteDef]:
+    async def live(_: web.Request) -> web.Response:
+        return _json({"status": "ok", "process": process})
+
+    async def ready(_: web.Request) -> web.Response:
+        ok, details = await run_checks(checks)
+        return _json({"status": "ready" if ok else "unready", "checks": details}, 200 if ok else 503)
+
+    async def summary(_: web.Request) -> web.Response:
+        ok, details = await run_checks(checks)
+        body = {"status": "ok" if ok else "degraded", "live": True, "ready": ok, "process": process, "checks": details}
+        return _json(body, 200 if ok else 503)
+
+    return [
+        web.get("/health", summary),
+        web.get("/health/live", live),
+        web.get("/health/ready", ready),
+    ]
+
+
+async def metrics_handler(_: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+async def start_ops_server(host: str, port: int, checks: Mapping[str, Check], *, process: str) -> web.AppRunner | None:
+    """/metrics and /health/* for processes without their own HTTP API (workers, dispatcher)."""
+    if port == 0:
+        return None
+    app = web.Application()
+    app.add_routes([*health_routes(checks, process=process), web.get("/metrics", metrics_handler)])
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner

@@ -1,0 +1,176 @@
+"""What a client sends to create a task, over REST or on `tm.submit`, and the
+one validation both ways go through.
+
+Validation answers every problem at once, each naming its field
+(`payload.seconds`, `priority`, ...), so a caller can fix a request in one go.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError
+
+from shared.errors import FieldError, InvalidRequest
+from shared.status import Priority
+from shared.task_types import TaskType, TaskTypeRegistry
+
+# Fields the server owns; a client sending them gets a clear 422.
+SERVER_OWNED_FIELDS = frozenset(
+    {
+        "task_id",
+        "id",
+        "status",
+        "progress",
+        "attempts",
+        "result",
+        "error",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "updated_at",
+        "estimated_completion",
+        "stage",
+        "run",
+    }
+)
+
+KB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
+
+
+class TaskRequest(BaseModel):
+    """A request to run one task (the seed's `POST /api/v1/tasks` body)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    task_type: str = Field(min_length=1, max_length=64, description="One of the registered task types.")
+    kb_id: str | None = Field(
+        default=None,
+        pattern=KB_ID_PATTERN,
+        description="Knowledge base the task belongs to; required by task types that need one.",
+    )
+    payload: dict[str, Any] = Field(default_factory=dict, description="Input of the task type.")
+    priority: Priority = Field(default=Priority.NORMAL, description="high, normal or low.")
+    retry_limit: int | None = Field(
+        default=None, ge=0, description="Retries after the first attempt; default MAX_RETRY_ATTEMPTS."
+    )
+    timeout_seconds: float | None = Field(
+        default=None, gt=0, le=86_400, description="Per-attempt time limit; default TASK_TIMEOUT."
+    )
+    callback_url: AnyHttpUrl | None = Field(
+        default=None, description="POSTed when the task ends; default KB_CALLBACK_URL."
+    )
+
+
+class BatchItem(TaskRequest):
+    """One item of `POST /api/v1/tasks/batch`; may carry its own idempotency key."""
+
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    default_retry_limit: int
+    max_retry_limit: int
+
+
+@dataclass(frozen=True)
+class ValidTask:
+    """A request that passed validation, with defaults resolved."""
+
+    request: TaskRequest
+    task_type: TaskType
+    payload: dict[str, Any]
+    retry_limit: int
+    request_hash: str
+
+    @property
+    def callback_url(self) -> str | None:
+        return str(self.request.callback_url) if self.request.callback_url else None
+
+
+def validate_task_request(
+    data: Any,
+    registry: TaskTypeRegistry,
+    limits: RequestLimits,
+    *,
+    model: type[TaskRequest] = TaskRequest,
+) -> ValidTask:
+    """Validate raw JSON-decoded `data`; raise `InvalidRequest` listing every problem."""
+    if not isinstance(data, dict):
+        raise InvalidRequest(
+            "the body must be a JSON object", [FieldError("body", f"expected an object, got {_json_type(data)}")]
+        )
+    errors = [
+        FieldError(key, "is set by the server and cannot be sent")
+        for key in data
+        if key in SERVER_OWNED_FIELDS
+    ]
+    try:
+        request = model.model_validate({k: v for k, v in data.items() if k not in SERVER_OWNED_FIELDS})
+    except ValidationError as exc:
+        errors.extend(_field_errors(exc))
+        raise InvalidRequest(_summary(errors), errors) from None
+    if errors:
+        raise InvalidRequest(_summary(errors), errors)
+
+    task_type = registry.get(request.task_type)
+    if task_type is None:
+        known = ", ".join(sorted(registry))
+        errors.append(FieldError("task_type", f"unknown task type {request.task_type!r}; known: {known}"))
+        raise InvalidRequest(_summary(errors), errors)
+    if task_type.requires_kb_id and not request.kb_id:
+        errors.append(FieldError("kb_id", f"is required for task type {task_type.name!r}"))
+    if request.retry_limit is not None and request.retry_limit > limits.max_retry_limit:
+        errors.append(FieldError("retry_limit", f"must be at most {limits.max_retry_limit}"))
+    try:
+        payload = task_type.payload_model.model_validate(request.payload).model_dump(mode="json")
+    except ValidationError as exc:
+        errors.extend(_field_errors(exc, prefix="payload"))
+        payload = {}
+    if errors:
+        raise InvalidRequest(_summary(errors), errors)
+
+    retry_limit = limits.default_retry_limit if request.retry_limit is None else request.retry_limit
+    return ValidTask(
+        request=request,
+        task_type=task_type,
+        payload=payload,
+        retry_limit=retry_limit,
+        request_hash=_fingerprint(request),
+    )
+
+
+def _fingerprint(request: TaskRequest) -> str:
+    """Same request, same hash: tells an idempotent retry from a reused key."""
+    body = request.model_dump(mode="json", exclude={"idempotency_key"})
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _field_errors(exc: ValidationError, prefix: str | None = None) -> list[FieldError]:
+    out = []
+    for err in exc.errors(include_url=False):
+        loc = [str(p) for p in err["loc"]]
+        field = ".".join(([prefix] if prefix else []) + loc) or (prefix or "body")
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown field"
+        elif err["type"] == "missing":
+            message = "is required"
+        elif err["type"] == "enum" and loc == ["priority"]:
+            message = "must be one of: high, normal, low"
+        out.append(FieldError(field, message))
+    return out
+
+
+def _summary(errors: list[FieldError]) -> str:
+    return "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+
+
+def _json_type(value: Any) -> str:
+    return {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}.get(
+        type(value), "null" if value is None else type(value).__name__
+    )

@@ -1,0 +1,46 @@
+"""What a task type is: a name, a payload schema, the stages it runs through,
+and (for simple types run by the generic `default` stage) a plain async handler."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+
+class TaskContext(Protocol):
+    """What a handler may use; the worker provides the implementation."""
+
+    task_id: str
+    kb_id: str | None
+    task_type: str
+    stage: str
+    attempt: int
+
+    async def progress(self, percent: float, message: str | None = None) -> None:
+        """Report progress (0-100) within the current stage; only rises."""
+
+
+class Payload(BaseModel):
+    """Base for payload schemas: unknown fields are an error, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Handler = Callable[[Any, TaskContext], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class TaskType:
+    name: str
+    payload_model: type[BaseModel]
+    description: str
+    stages: tuple[str, ...] = ("default",)
+    requires_kb_id: bool = False
+    handler: Handler | None = None
+
+    def __post_init__(self) -> None:
+        if self.stages == ("default",) and self.handler is None:
+            raise ValueError(f"task type {self.name!r} runs on the default stage but has no handler")
