@@ -56,10 +56,11 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
             logger.warning("503 on {} {}: {}", request.method, request.path, exc.message)
         details = exc.errors if isinstance(exc, InvalidRequest) else None
         return json_response(error_body(exc.code, exc.message, details), status, headers)
-    except web.HTTPRequestEntityTooLarge as exc:
-        return json_response(
-            error_body("payload_too_large", f"the body exceeds {exc.max_size} bytes"), 413
-        )
+    except web.HTTPRequestEntityTooLarge:
+        from services.api.resources import SETTINGS
+
+        limit = request.app[SETTINGS].api.max_body_bytes
+        return json_response(error_body("payload_too_large", f"the body exceeds the limit of {limit} bytes"), 413)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

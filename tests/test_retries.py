@@ -1,0 +1,58 @@
+"""Retries through the TTL delay queues, permanent failures, dead letters."""
+
+from __future__ import annotations
+
+import aio_pika
+
+from shared.amqp import headers as h
+from shared.topology import DEAD_QUEUE
+from tests.support.api import ApiClient
+from tests.support.fleet import Fleet
+
+
+async def test_a_task_that_fails_twice_completes_on_its_third_attempt(api: ApiClient) -> None:
+    task = await api.run({"task_type": "fail", "payload": {"fail_times": 2}}, timeout=30)
+    assert task["status"] == "completed"
+    assert task["attempts"] == 3
+    assert task["result"] == {"succeeded_on_attempt": 3}
+    assert "attempt 2" in task["error"]["message"], "the last error stays visible"
+
+
+async def test_a_permanent_error_fails_at_once_without_retry(api: ApiClient) -> None:
+    task = await api.run({"task_type": "fail", "payload": {"permanent": True, "message": "bad input file"}})
+    assert task["status"] == "failed"
+    assert task["attempts"] == 1
+    assert task["error"]["message"] == "bad input file"
+    assert task["error"]["retryable"] is False
+
+
+async def test_a_task_that_keeps_failing_ends_failed_and_dead_lettered(api: ApiClient, fleet: Fleet) -> None:
+    task = await api.run({"task_type": "fail", "retry_limit": 1, "payload": {"fail_times": 5}}, timeout=30)
+    assert task["status"] == "failed"
+    assert task["attempts"] == 2
+    assert "retries exhausted" in task["error"]["message"]
+
+    connection = await aio_pika.connect(fleet.environment.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(DEAD_QUEUE, passive=True)
+        found = None  # messages read here stay unacked and return to the queue on close
+        while (message := await queue.get(no_ack=False, fail=False)) is not None:
+            if task["task_id"].encode() in message.body:
+                found = message
+                break
+        assert found is not None, "the task is in tm.dead"
+        assert "retries exhausted" in found.headers[h.DEAD_REASON]
+        assert found.headers[h.DEAD_STAGE] == "default"
+        assert found.headers[h.ATTEMPT] == 2
+        assert found.headers[h.FIRST_FAILURE_AT] and found.headers[h.LAST_FAILURE_AT]
+        assert "failing on purpose" in found.headers[h.LAST_ERROR]
+
+
+async def test_a_timed_out_attempt_is_retried_then_fails(api: ApiClient) -> None:
+    task = await api.run(
+        {"task_type": "sleep", "payload": {"seconds": 5}, "timeout_seconds": 0.3, "retry_limit": 1}, timeout=30
+    )
+    assert task["status"] == "failed"
+    assert task["attempts"] == 2
+    assert "time limit" in task["error"]["message"]
