@@ -62,5 +62,13 @@ async def start_ops_server(host: str, port: int, checks: Mapping[str, Check], *,
     app.add_routes([*health_routes(checks, process=process), web.get("/metrics", metrics_handler)])
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        # Work matters more than its metrics: keep running, say so loudly.
+        from loguru import logger
+
+        logger.error("cannot serve /metrics and /health on {}:{} ({}); running without them", host, port, exc)
+        await runner.cleanup()
+        return None
     return runner

@@ -74,7 +74,9 @@ async def test_a_killed_child_is_restarted(up_environment: TestEnvironment, tmp_
     up.start()
     try:
         await wait_ready(up, 30)
-        worker_pid = int(re.search(r"started worker:default \(pid (\d+)\)", up.log_tail(100)).group(1))  # type: ignore[union-attr]
+        while not re.search(r"worker default@\S+ ready", up.log_tail(100)):
+            await asyncio.sleep(0.1)
+        worker_pid = int(re.findall(r"started worker:default \(pid (\d+)\)", up.log_tail(100))[-1])
         os.kill(worker_pid, signal.SIGKILL)
         async with aiohttp.ClientSession() as http:
             api = ApiClient(f"http://127.0.0.1:{port}", http)
