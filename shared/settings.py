@@ -146,6 +146,8 @@ class WorkerSettings(BaseSettings):
     heartbeat_interval_seconds: float = Field(default=5, alias="WORKER_HEARTBEAT_INTERVAL", gt=0)
     # A task that finishes within this long emits one event, not started+completed.
     started_event_delay_seconds: float = Field(default=0.2, alias="STARTED_EVENT_DELAY", ge=0)
+    # Child processes for CPU-bound steps (parsing); started on first use.
+    cpu_workers: int = Field(default=2, alias="CPU_WORKERS", ge=1, le=64)
 
 
 class RetrySettings(BaseSettings):

@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any, TypeVar
 
 from loguru import logger
 
+from services.worker.cpu import CpuPool
 from services.worker.estimates import DurationEstimator, estimate_completion
 from shared.amqp.publisher import EventPublisher
 from shared.errors import Unavailable
 from shared.messages import TaskMessage, TaskProgress, TaskStarted, utcnow
 
 PROGRESS_MIN_INTERVAL_SECONDS = 0.5
+T = TypeVar("T")
 
 
 class AttemptContext:
@@ -28,6 +32,7 @@ class AttemptContext:
         events: EventPublisher,
         estimator: DurationEstimator,
         worker_id: str,
+        cpu: CpuPool,
     ) -> None:
         self.task = task
         self.task_id = task.task_id
@@ -40,6 +45,7 @@ class AttemptContext:
         self._events = events
         self._estimator = estimator
         self._worker_id = worker_id
+        self._cpu = cpu
         self._announced = False
         self._stage_percent = 0.0
         self._last_sent_progress = -1
@@ -94,6 +100,9 @@ class AttemptContext:
                 estimated_completion=self.estimated_completion(),
             )
         )
+
+    async def run_cpu(self, function: Callable[..., T], *args: Any) -> T:
+        return await self._cpu.run(function, *args)
 
     async def _send(self, event: TaskStarted | TaskProgress) -> None:
         try:

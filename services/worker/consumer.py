@@ -26,6 +26,7 @@ from loguru import logger
 
 from services.worker.attempt import AttemptContext
 from services.worker.cancellation import CancellationRegistry, CancelledByRequest
+from services.worker.cpu import CpuPool
 from services.worker.estimates import DurationEstimator
 from services.worker.retry_policy import RetryPolicy
 from services.worker.stages.base import StageHandler, StageOutput
@@ -79,6 +80,7 @@ class StageWorker:
         worker_settings: WorkerSettings,
         retry_settings: RetrySettings,
         worker_id: str,
+        cpu: CpuPool,
     ) -> None:
         self.stage = stage
         self.worker_id = worker_id
@@ -86,6 +88,7 @@ class StageWorker:
         self.processed = 0
         self.failed = 0
         self._handler = handler
+        self._cpu = cpu
         self._publisher = publisher
         self._cancellations = cancellations
         self._retry_policy = retry_policy
@@ -177,7 +180,7 @@ class StageWorker:
 
     async def _attempt(self, task: TaskMessage, attempt: int) -> tuple[Outcome, AttemptContext]:
         ctx = AttemptContext(
-            task, attempt, events=self._publisher, estimator=self._estimator, worker_id=self.worker_id
+            task, attempt, events=self._publisher, estimator=self._estimator, worker_id=self.worker_id, cpu=self._cpu
         )
         timeout = task.timeout_seconds or self._settings.task_timeout
         loop = asyncio.get_running_loop()

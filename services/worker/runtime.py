@@ -11,9 +11,10 @@ from loguru import logger
 
 from services.worker.cancellation import CancellationRegistry
 from services.worker.consumer import StageWorker
+from services.worker.cpu import CpuPool
 from services.worker.heartbeat import Heartbeat
 from services.worker.retry_policy import RetryPolicy
-from services.worker.stages import build_stage
+from services.worker.stages import StageResources, build_stage
 from shared.amqp.connection import connect
 from shared.amqp.publisher import Publisher
 from shared.health import start_ops_server
@@ -34,6 +35,7 @@ async def run_worker(settings: Settings, stage: str, registry: TaskTypeRegistry 
     await channel.close()
     publisher = await Publisher.open(connection)
 
+    cpu = CpuPool(settings.worker.cpu_workers)
     cancellations = CancellationRegistry()
     await cancellations.listen(connection)
     worker = StageWorker(
@@ -45,6 +47,7 @@ async def run_worker(settings: Settings, stage: str, registry: TaskTypeRegistry 
         worker_settings=settings.worker,
         retry_settings=settings.retry,
         worker_id=worker_id,
+        cpu=cpu,
     )
     heartbeat = Heartbeat(worker, publisher, settings.worker.heartbeat_interval_seconds)
 
@@ -58,6 +61,8 @@ async def run_worker(settings: Settings, stage: str, registry: TaskTypeRegistry 
     stop = asyncio.Event()
     on_shutdown_signal(stop.set)
 
+    if isinstance(handler, StageResources):
+        await handler.start()
     await worker.start(connection)
     heartbeat.start()
     logger.info("worker {} ready", worker_id)
@@ -66,6 +71,9 @@ async def run_worker(settings: Settings, stage: str, registry: TaskTypeRegistry 
     logger.info("worker {} shutting down", worker_id)
     await worker.stop(settings.worker.shutdown_grace_seconds)
     await heartbeat.stop()
+    if isinstance(handler, StageResources):
+        await handler.close()
+    cpu.close()
     if ops is not None:
         await ops.cleanup()
     await connection.close()

@@ -22,7 +22,7 @@ def alembic_config(settings: PostgresSettings, database: str | None = None) -> C
     return config
 
 
-def upgrade(settings: PostgresSettings, database: str | None = None, revision: str = "head") -> None:
+def upgrade(settings: PostgresSettings, database: str | None = None, revision: str = "heads") -> None:
     """Create the database if missing, then migrate it to `revision`."""
     asyncio.run(ensure_database(settings, database))
     # env.py runs its own event loop, so this must be called outside one.

@@ -22,6 +22,10 @@ class TaskContext(Protocol):
     async def progress(self, percent: float, message: str | None = None) -> None:
         """Report progress (0-100) within the current stage; only rises."""
 
+    async def run_cpu(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Run a CPU-bound function in a child process that is killed when the
+        attempt times out or the task is cancelled."""
+
 
 class Payload(BaseModel):
     """Base for payload schemas: unknown fields are an error, not silently dropped."""

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import importlib
 
-from services.worker.stages.base import StageHandler, StageOutput
+from services.worker.stages.base import StageHandler, StageOutput, StageResources
 from shared.settings import Settings
 from shared.task_types import TaskTypeRegistry
 
-__all__ = ["StageHandler", "StageOutput", "build_stage", "known_stages"]
+__all__ = ["StageHandler", "StageOutput", "StageResources", "build_stage", "known_stages"]
 
 _MODULES = {
     "default": "services.worker.stages.default",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from services.worker.attempt import AttemptContext
 from shared.messages import TaskMessage
@@ -20,3 +20,13 @@ class StageOutput:
 
 class StageHandler(Protocol):
     async def __call__(self, task: TaskMessage, ctx: AttemptContext) -> StageOutput: ...
+
+
+@runtime_checkable
+class StageResources(Protocol):
+    """Optional: a stage holding resources (a model, a database engine) gets
+    them ready before the first message and releases them at shutdown."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
