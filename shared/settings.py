@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _ENV = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True)
 
@@ -190,6 +190,44 @@ class CallbackSettings(BaseSettings):
         return self.callback_secret.get_secret_value().split()
 
 
+def _default_upload_roots() -> list[Path]:
+    return [Path("data/uploads").resolve()]
+
+
+class FileSettings(BaseSettings):
+    """Where task files may come from (`file_path`, `file_ref`), and how big they may be."""
+
+    model_config = _ENV
+
+    # Paths (absolute after resolution) a task may read; the first also holds uploads.
+    # Set as a JSON list or os.pathsep-separated: UPLOAD_ROOTS=/srv/uploads:/mnt/shared
+    upload_roots: Annotated[list[Path], NoDecode] = Field(default_factory=_default_upload_roots, alias="UPLOAD_ROOTS")
+    max_file_bytes: int = Field(default=100 * 1024 * 1024, alias="MAX_FILE_BYTES", ge=1)
+
+    @field_validator("upload_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part for part in text.split(os.pathsep) if part]
+        return value
+
+    @field_validator("upload_roots")
+    @classmethod
+    def _absolute_roots(cls, roots: list[Path]) -> list[Path]:
+        if not roots:
+            raise ValueError("at least one upload root is needed")
+        return [root.expanduser().resolve() for root in roots]
+
+    @property
+    def upload_store_root(self) -> Path:
+        return self.upload_roots[0] / ".uploads"
+
+
 class DispatcherSettings(BaseSettings):
     model_config = _ENV
 
@@ -210,6 +248,7 @@ class Settings(BaseModel):
     api: Annotated[ApiSettings, Field(default_factory=ApiSettings)]
     callbacks: Annotated[CallbackSettings, Field(default_factory=CallbackSettings)]
     dispatcher: Annotated[DispatcherSettings, Field(default_factory=DispatcherSettings)]
+    files: Annotated[FileSettings, Field(default_factory=FileSettings)]
 
     @classmethod
     def from_env(cls) -> Settings:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
@@ -92,3 +93,60 @@ def test_every_built_in_task_type_runs_on_the_default_stage_with_a_handler() -> 
     assert {"test", "echo", "sleep", "fail", "benchmark"} <= set(registry)
     for name in ("test", "echo", "sleep", "fail", "benchmark"):
         assert registry[name].stages == ("default",) and registry[name].handler is not None
+
+
+def test_file_paths_must_stay_inside_the_upload_roots(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from shared.file_access import FileAccessError, open_checked, resolve_within_roots
+
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "doc.txt").write_text("hello")
+    outside = tmp_path / "secret.txt"
+    outside.write_text("secret")
+    (root / "escape").symlink_to(outside)
+    (root / "inside-link").symlink_to(root / "doc.txt")
+    roots = [root.resolve()]
+
+    assert resolve_within_roots(str(root / "doc.txt"), roots) == (root / "doc.txt").resolve()
+    assert resolve_within_roots("doc.txt", roots) == (root / "doc.txt").resolve()
+    assert resolve_within_roots(str(root / "inside-link"), roots) == (root / "doc.txt").resolve()
+    for bad, reason in [(str(outside), "outside"), (str(root / "escape"), "outside"),
+                        (f"{root}/../secret.txt", "'..'"), ("doc\x00.txt", "NUL"), (str(root / "nope"), "does not exist")]:
+        with pytest.raises(FileAccessError, match=reason):
+            resolve_within_roots(bad, roots)
+    with open_checked((root / "doc.txt").resolve(), max_bytes=100) as handle:
+        assert handle.read() == b"hello"
+    with pytest.raises(FileAccessError, match="limit"):
+        open_checked((root / "doc.txt").resolve(), max_bytes=2)
+    with pytest.raises(FileAccessError, match="cannot be opened"):
+        open_checked(root / "inside-link", max_bytes=100)  # a final symlink is never followed at open
+
+
+def test_upload_roots_parse_from_a_path_list(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from shared.settings import FileSettings
+
+    monkeypatch.setenv("UPLOAD_ROOTS", "/srv/a:/srv/b")
+    assert FileSettings().upload_roots == [Path("/srv/a"), Path("/srv/b")]
+    monkeypatch.setenv("UPLOAD_ROOTS", '["/srv/c"]')
+    assert FileSettings().upload_roots == [Path("/srv/c")]
+
+
+def test_env_example_documents_every_setting_and_parses(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from pydantic_settings import BaseSettings
+
+    from shared.settings import Settings
+
+    example = (Path(__file__).resolve().parents[1] / ".env.example").read_text()
+    documented = {line.split("=", 1)[0].lstrip("# ").strip() for line in example.splitlines() if "=" in line}
+    for field in Settings.model_fields.values():
+        settings_class = field.default_factory  # type: ignore[assignment]
+        assert isinstance(settings_class, type) and issubclass(settings_class, BaseSettings)
+        for sub in settings_class.model_fields.values():
+            assert sub.alias in documented, f"{sub.alias} is missing from .env.example"
+    (tmp_path / ".env").write_text(example)
+    monkeypatch.chdir(tmp_path)
+    for name in list(__import__("os").environ):
+        if name in documented:
+            monkeypatch.delenv(name)
+    settings = Settings()
+    assert settings.service.port == 8084 and settings.worker.worker_pool_size == 10

@@ -1,0 +1,62 @@
+"""Reading the files tasks name, safely.
+
+A `file_path` must resolve (symlinks followed, then checked) inside one of
+`UPLOAD_ROOTS`; `..`, NUL bytes and paths escaping the roots are refused with
+a permanent error. The file is then opened with O_NOFOLLOW, so a symlink
+swapped in after the check is refused rather than followed.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from shared.errors import Permanent
+
+
+class FileAccessError(Permanent):
+    code = "file_access_error"
+
+
+def resolve_within_roots(raw: str, roots: Sequence[Path]) -> Path:
+    """The real path of `raw` if it lies inside a root; relative paths are taken
+    from the first root."""
+    if "\x00" in raw:
+        raise FileAccessError("file_path contains a NUL byte")
+    if not raw.strip():
+        raise FileAccessError("file_path is empty")
+    candidate = Path(raw)
+    if ".." in candidate.parts:
+        raise FileAccessError("file_path must not contain '..'")
+    if not candidate.is_absolute():
+        candidate = roots[0] / candidate
+    try:
+        real = candidate.resolve(strict=True)
+    except FileNotFoundError:
+        raise FileAccessError(f"file {raw!r} does not exist") from None
+    except (OSError, RuntimeError) as exc:  # symlink loops, permission errors
+        raise FileAccessError(f"file {raw!r} cannot be resolved: {exc}") from None
+    if not any(real.is_relative_to(root) for root in roots):
+        allowed = ", ".join(str(r) for r in roots)
+        raise FileAccessError(f"file {raw!r} is outside the allowed upload roots ({allowed})")
+    return real
+
+
+def open_checked(real: Path, *, max_bytes: int) -> BinaryIO:
+    """Open a path returned by `resolve_within_roots`: no final symlink, a
+    regular file, within the size limit."""
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise FileAccessError(f"file {str(real)!r} cannot be opened: {exc.strerror}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise FileAccessError(f"{str(real)!r} is not a regular file")
+    if info.st_size > max_bytes:
+        os.close(fd)
+        raise FileAccessError(f"file is {info.st_size} bytes; the limit is {max_bytes} (MAX_FILE_BYTES)")
+    return os.fdopen(fd, "rb")
