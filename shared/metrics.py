@@ -50,3 +50,9 @@ http_request_duration_seconds = Histogram(
     ["method", "route", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+embedding_batch_duration_seconds = Histogram(
+    "embedding_batch_duration_seconds",
+    "Time to embed one batch of chunks",
+    ["backend", "model"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
