@@ -238,6 +238,22 @@ def parse_control(body: bytes) -> ControlMessage:
         raise PoisonMessage(f"not a valid control message: {_first_error(exc)}") from exc
 
 
+# --- questions to the dispatcher (request/reply on tm.dispatcher.rpc) -----------------
+
+
+class CancelledTasksQuery(Frozen):
+    """A starting worker asks which tasks were cancelled while it was away."""
+
+    v: Literal[1] = 1
+    kind: Literal["cancelled_tasks"] = "cancelled_tasks"
+    within_seconds: int = Field(default=24 * 3600, gt=0)
+
+
+class CancelledTasksReply(Frozen):
+    v: Literal[1] = 1
+    task_ids: list[str]
+
+
 def _first_error(exc: ValidationError) -> str:
     err = exc.errors(include_url=False)[0]
     where = ".".join(str(p) for p in err["loc"]) or "body"

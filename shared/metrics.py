@@ -56,3 +56,4 @@ embedding_batch_duration_seconds = Histogram(
     ["backend", "model"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+tasks_replayed_total = Counter("tasks_replayed_total", "Dead-lettered tasks replayed by operators")

@@ -10,6 +10,7 @@ only here.
     tm.events  (topic)   --task.#-->        tm.dispatcher.events
     tm.control (fanout)  -->                one exclusive queue per worker
     (default)            --tm.submit-->     tm.submit          ingress for publishing services
+    (default)            --tm.dispatcher.rpc--> questions to the dispatcher (which tasks are cancelled)
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ CONTROL_EXCHANGE = "tm.control"
 SUBMIT_QUEUE = "tm.submit"
 DEAD_QUEUE = "tm.dead"
 DISPATCHER_EVENTS_QUEUE = "tm.dispatcher.events"
+DISPATCHER_RPC_QUEUE = "tm.dispatcher.rpc"
 
 TASK_EVENTS_PATTERN = "task.#"
 WORKER_EVENTS_PATTERN = "worker.#"
@@ -128,6 +130,8 @@ class Topology:
                 ("x-dead-letter-exchange", DEAD_LETTER_EXCHANGE),
             ),
         )
+        # Questions expire unanswered after 10 s: the asker has moved on by then.
+        yield Queue(DISPATCHER_RPC_QUEUE, arguments=(("x-message-ttl", 10_000),))
         yield Queue(
             DISPATCHER_EVENTS_QUEUE,
             arguments=(("x-dead-letter-exchange", DEAD_LETTER_EXCHANGE),),

@@ -53,3 +53,24 @@ async def test_a_queued_task_that_is_cancelled_never_runs(fleet_factory: FleetFa
     assert task["status"] == "cancelled" and task["started_at"] is None and task["result"] is None
     worker_log = next(p for p in fleet.processes if p.name == "worker-default").log_tail(200)
     assert "skipping a task cancelled before it ran" in worker_log
+
+
+async def test_a_worker_started_after_the_cancel_still_skips_the_task(fleet_factory: FleetFactory, http) -> None:  # type: ignore[no-untyped-def]
+    def without_worker(fleet: Fleet) -> None:
+        fleet.add_api()
+        fleet.add_dispatcher()
+
+    fleet = await fleet_factory(without_worker)
+    api = ApiClient(fleet.api_url, http)
+    queued = await api.submit({"task_type": "sleep", "payload": {"seconds": 5}})
+    status, _ = await api.call("DELETE", f"/api/v1/tasks/{queued['task_id']}")
+    assert status == 200
+    worker = fleet.add_worker()
+    await fleet.start(worker)
+    after = await api.run({"task_type": "echo"})
+    assert after["status"] == "completed", "the worker consumed past the cancelled task"
+    task = await api.get(queued["task_id"])
+    assert task["status"] == "cancelled" and task["started_at"] is None
+    log = worker.log_tail(200)
+    assert "1 recently cancelled task(s) will be skipped" in log
+    assert "skipping a task cancelled before it ran" in log

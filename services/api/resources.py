@@ -12,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.api.admission import Admission
+from services.api.dead_letters import DeadLetterQueue
 from shared.amqp.connection import connect
 from shared.amqp.publisher import Publisher
 from shared.db.engine import create_engine
@@ -27,6 +28,7 @@ CONNECTION = web.AppKey("amqp_connection", AbstractRobustConnection)
 PUBLISHER = web.AppKey("publisher", Publisher)
 ADMISSION = web.AppKey("admission", Admission)
 LIMITS = web.AppKey("request_limits", RequestLimits)
+DEAD_LETTERS = web.AppKey("dead_letters", DeadLetterQueue)
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -51,6 +53,7 @@ async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
         max_in_flight=settings.api.max_concurrent_tasks,
         wait_seconds=settings.api.admission_wait_seconds,
     )
+    app[DEAD_LETTERS] = DeadLetterQueue(connection, app[PUBLISHER], app[ENGINE])
     yield
     await connection.close()
 

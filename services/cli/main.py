@@ -84,6 +84,18 @@ def _parser() -> argparse.ArgumentParser:
     cancel = sub.add_parser("cancel", help="cancel a queued or running task")
     cancel.add_argument("task_id")
     cancel.set_defaults(func=cmd_cancel)
+
+    dlq = sub.add_parser("dlq", help="the dead-letter queue: list, show, replay, purge")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
+    dlq_list = dlq_sub.add_parser("list", help="dead letters with their reasons")
+    dlq_list.add_argument("--limit", type=int, default=100)
+    dlq_show = dlq_sub.add_parser("show", help="the dead letters of one task")
+    dlq_show.add_argument("task_id")
+    for name, verb in (("replay", "replay (fresh attempt series, back to queued)"), ("purge", "drop for good")):
+        action = dlq_sub.add_parser(name, help=f"{verb}: the given tasks, or --all")
+        action.add_argument("task_ids", nargs="*")
+        action.add_argument("--all", action="store_true")
+    dlq.set_defaults(func=cmd_dlq)
     return parser
 
 
@@ -222,6 +234,20 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     _print(ApiClient(settings.service.api_url).cancel(args.task_id))
+    return 0
+
+
+def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
+    client = ApiClient(settings.service.api_url)
+    if args.dlq_command == "list":
+        _print(client.request("GET", f"/api/v1/dlq?limit={args.limit}")[1])
+    elif args.dlq_command == "show":
+        _print(client.request("GET", f"/api/v1/dlq/{args.task_id}")[1])
+    else:
+        if bool(args.task_ids) == args.all:
+            raise PreflightError(f"dlq {args.dlq_command}: give task ids or --all (not both)")
+        body = {"all": True} if args.all else {"task_ids": args.task_ids}
+        _print(client.request("POST", f"/api/v1/dlq/{args.dlq_command}", body)[1])
     return 0
 
 

@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from services.dispatcher.callbacks import CallbackSender
 from services.dispatcher.event_consumer import EventConsumer
+from services.dispatcher.rpc import DispatcherRpc
 from services.dispatcher.state_writer import TaskStateWriter
 from shared.amqp.connection import connect
 from shared.amqp.publisher import Publisher
@@ -58,13 +59,16 @@ async def run_dispatcher(settings: Settings, registry: TaskTypeRegistry | None =
     stop = asyncio.Event()
     on_shutdown_signal(stop.set)
 
+    rpc = DispatcherRpc(engine, publisher)
     await consumer.start(connection)
+    await rpc.start(connection)
     callbacks.start()
     logger.info("dispatcher ready")
     await stop.wait()
 
     logger.info("dispatcher shutting down")
     await consumer.stop()
+    await rpc.stop()
     await callbacks.stop()
     await session.close()
     if ops is not None:

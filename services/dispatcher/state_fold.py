@@ -78,7 +78,7 @@ def _from_event(event: TaskEvent) -> TaskDelta:
         first_at=event.at,
         progress=_progress(event),
         stage=event.stage,
-        attempts=event.attempt,
+        attempts=0 if isinstance(event, TaskQueued) else event.attempt,
         error=_error(event),
         result=event.result if isinstance(event, TaskCompleted) else None,
         started_at=_started_at(event),

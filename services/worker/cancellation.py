@@ -9,14 +9,16 @@ from collections import OrderedDict
 from collections.abc import Awaitable
 from typing import TypeVar
 
+import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from loguru import logger
 
 from shared.errors import PoisonMessage
-from shared.messages import parse_control
-from shared.topology import CONTROL_EXCHANGE, declare_exclusive_queue
+from shared.messages import CancelledTasksQuery, CancelledTasksReply, parse_control
+from shared.topology import CONTROL_EXCHANGE, DISPATCHER_RPC_QUEUE, declare_exclusive_queue
 
 T = TypeVar("T")
+LATE_ANSWER_SECONDS = 30.0
 
 
 class CancelledByRequest(Exception):
@@ -36,6 +38,37 @@ class CancellationRegistry:
         channel = await connection.channel()
         queue = await declare_exclusive_queue(channel, CONTROL_EXCHANGE)
         await queue.consume(self._on_control, no_ack=True)
+
+    async def sync(self, connection: AbstractRobustConnection, *, wait_seconds: float) -> None:
+        """Ask the dispatcher which tasks were cancelled while this worker was not
+        listening. Waits up to `wait_seconds`; a later answer is still applied."""
+        channel = await connection.channel()
+        replies = await channel.declare_queue(exclusive=True, auto_delete=True)
+        answered = asyncio.Event()
+
+        async def on_reply(message: AbstractIncomingMessage) -> None:
+            try:
+                reply = CancelledTasksReply.model_validate_json(message.body)
+            except ValueError:
+                return
+            for task_id in reply.task_ids:
+                self._remember(task_id)
+            logger.info("{} recently cancelled task(s) will be skipped", len(reply.task_ids))
+            answered.set()
+            await channel.close()
+
+        await replies.consume(on_reply, no_ack=True)
+        await channel.default_exchange.publish(
+            aio_pika.Message(CancelledTasksQuery().model_dump_json().encode(), reply_to=replies.name,
+                             content_type="application/json", expiration=10),
+            routing_key=DISPATCHER_RPC_QUEUE,
+        )
+        try:
+            await asyncio.wait_for(answered.wait(), wait_seconds)
+        except TimeoutError:
+            logger.warning("the dispatcher did not say which tasks are cancelled within {}s; "
+                           "starting anyway (it re-sends cancels for tasks that start)", wait_seconds)
+            asyncio.get_running_loop().call_later(LATE_ANSWER_SECONDS, lambda: asyncio.ensure_future(channel.close()))
 
     async def _on_control(self, message: AbstractIncomingMessage) -> None:
         try:

@@ -23,6 +23,9 @@ from shared.settings import Settings
 from shared.task_types import TaskTypeRegistry, default_registry
 from shared.topology import Topology, declare_topology
 
+# How long a starting worker waits to learn which tasks were cancelled meanwhile.
+CANCEL_SYNC_WAIT_SECONDS = 2.0
+
 
 async def run_worker(settings: Settings, stage: str, registry: TaskTypeRegistry | None = None) -> None:
     registry = registry or default_registry()
@@ -38,6 +41,7 @@ async def run_worker(settings: Settings, stage: str, registry: TaskTypeRegistry 
     cpu = CpuPool(settings.worker.cpu_workers)
     cancellations = CancellationRegistry()
     await cancellations.listen(connection)
+    await cancellations.sync(connection, wait_seconds=CANCEL_SYNC_WAIT_SECONDS)
     worker = StageWorker(
         stage=stage,
         handler=handler,

@@ -109,7 +109,10 @@ class Publisher:
         )
 
     async def control(self, command: CancelTask) -> None:
-        await self.publish(CONTROL_EXCHANGE, "", command.model_dump_json().encode(), persistent=False)
+        """A broadcast to whichever workers listen now (maybe none)."""
+        await self.publish(
+            CONTROL_EXCHANGE, "", command.model_dump_json().encode(), persistent=False, mandatory=False
+        )
 
     async def reply(self, reply_to: str, correlation_id: str | None, body: bytes) -> None:
         """Answer an RPC-style request (e.g. on `tm.submit`); unroutable replies are dropped."""

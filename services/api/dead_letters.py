@@ -1,0 +1,180 @@
+"""Operator access to `tm.dead`: list, show, replay, purge.
+
+Reading never loses a message: messages are fetched unacked on a private
+channel and return to the queue when it closes. A replay publishes a
+`task.queued` event for a new run (the dispatcher resets the task to `queued`
+with a fresh attempt series) and then the task itself to its first stage, and
+only then acks the dead copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared import metrics
+from shared.amqp import headers as h
+from shared.amqp.publisher import Publisher
+from shared.db.models import tasks
+from shared.errors import PoisonMessage
+from shared.messages import TaskMessage, TaskQueued
+from shared.status import TaskStatus
+from shared.topology import DEAD_QUEUE
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    task_id: str | None
+    task_type: str | None
+    kb_id: str | None
+    reason: str | None
+    stage: str | None
+    source_queue: str | None
+    attempts: int | None
+    last_error: str | None
+    first_failure_at: str | None
+    last_failure_at: str | None
+    dead_at: str | None
+    replayable: bool
+    body_preview: str | None = None
+
+    def view(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ReplayReport:
+    replayed: list[str]
+    skipped: list[dict[str, str]]
+
+
+class DeadLetterQueue:
+    def __init__(self, connection: AbstractRobustConnection, publisher: Publisher, engine: AsyncEngine) -> None:
+        self._connection = connection
+        self._publisher = publisher
+        self._engine = engine
+
+    async def depth(self) -> int:
+        channel = await self._connection.channel()
+        try:
+            queue = await channel.declare_queue(DEAD_QUEUE, passive=True)
+            return queue.declaration_result.message_count or 0
+        finally:
+            await channel.close()
+
+    async def peek(self, *, limit: int, task_id: str | None = None) -> list[DeadLetter]:
+        channel = await self._connection.channel()
+        try:
+            found = []
+            async for message, letter in _scan(channel, limit=None if task_id else limit):
+                if task_id is None or letter.task_id == task_id:
+                    found.append(letter)
+                if len(found) >= limit:
+                    break
+            return found
+        finally:
+            await channel.close()  # everything read returns to the queue
+
+    async def replay(self, task_ids: Iterable[str] | None, *, limit: int) -> ReplayReport:
+        wanted = set(task_ids) if task_ids is not None else None
+        replayed: list[str] = []
+        skipped: list[dict[str, str]] = []
+        channel = await self._connection.channel()
+        try:
+            async for message, letter in _scan(channel, limit=None):
+                if len(replayed) >= limit:
+                    break
+                if wanted is not None and letter.task_id not in wanted:
+                    continue
+                if not letter.replayable or letter.task_id is None:
+                    skipped.append({"task_id": letter.task_id or "", "reason": "not a task message"})
+                    continue
+                problem = await self._replay_one(message)
+                if problem:
+                    skipped.append({"task_id": letter.task_id, "reason": problem})
+                else:
+                    replayed.append(letter.task_id)
+                    await message.ack()
+        finally:
+            await channel.close()
+        if wanted is not None:
+            missing = wanted - set(replayed) - {s["task_id"] for s in skipped}
+            skipped.extend({"task_id": t, "reason": "not in the dead-letter queue"} for t in sorted(missing))
+        metrics.tasks_replayed_total.inc(len(replayed))
+        return ReplayReport(replayed, skipped)
+
+    async def purge(self, task_ids: Iterable[str] | None) -> int:
+        channel = await self._connection.channel()
+        try:
+            queue = await channel.declare_queue(DEAD_QUEUE, passive=True)
+            if task_ids is None:
+                result = await queue.purge()
+                return int(result.message_count or 0)
+            wanted, purged = set(task_ids), 0
+            async for message, letter in _scan(channel, limit=None):
+                if letter.task_id in wanted:
+                    await message.ack()
+                    purged += 1
+            return purged
+        finally:
+            await channel.close()
+
+    async def _replay_one(self, message: AbstractIncomingMessage) -> str | None:
+        task = TaskMessage.parse(message.body)
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(tasks.c.run, tasks.c.status).where(tasks.c.id == task.task_id))).first()
+        if row is None:
+            return "the task is unknown to the database"
+        if row.status != TaskStatus.FAILED:
+            return f"the task is {row.status}, not failed"
+        fresh = task.for_run(row.run + 1)
+        await self._publisher.event(TaskQueued(task_id=fresh.task_id, run=fresh.run, task_type=fresh.task_type,
+                                               kb_id=fresh.kb_id, stage=fresh.stage, attempt=1))
+        await self._publisher.task(fresh)
+        return None
+
+
+async def _scan(channel: AbstractChannel, *, limit: int | None):  # type: ignore[no-untyped-def]
+    """Yield (message, DeadLetter) for each message, fetched unacked, at most `limit`."""
+    queue = await channel.declare_queue(DEAD_QUEUE, passive=True)
+    seen = 0
+    while limit is None or seen < limit:
+        message = await queue.get(no_ack=False, fail=False)
+        if message is None:
+            return
+        seen += 1
+        yield message, _describe(message)
+
+
+def _describe(message: AbstractIncomingMessage) -> DeadLetter:
+    headers = message.headers or {}
+    try:
+        task: TaskMessage | None = TaskMessage.parse(message.body)
+    except PoisonMessage:
+        task = None
+
+    def text(key: str) -> str | None:
+        value = headers.get(key)
+        return None if value is None else str(value)
+
+    attempts = headers.get(h.ATTEMPT)
+    return DeadLetter(
+        task_id=task.task_id if task else None,
+        task_type=task.task_type if task else None,
+        kb_id=task.kb_id if task else None,
+        reason=text(h.DEAD_REASON),
+        stage=text(h.DEAD_STAGE),
+        source_queue=text(h.DEAD_SOURCE_QUEUE),
+        attempts=int(attempts) if isinstance(attempts, int) else None,
+        last_error=text(h.LAST_ERROR),
+        first_failure_at=text(h.FIRST_FAILURE_AT),
+        last_failure_at=text(h.LAST_FAILURE_AT),
+        dead_at=text(h.DEAD_AT),
+        replayable=task is not None,
+        body_preview=None if task else message.body[:200].decode(errors="replace"),
+    )

@@ -1,0 +1,62 @@
+"""Answers questions other processes ask the owner of task state, over
+`tm.dispatcher.rpc` (request/reply): today, which tasks were cancelled
+recently, so a worker that starts after a cancel still skips those tasks."""
+
+from __future__ import annotations
+
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from loguru import logger
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.amqp.publisher import Publisher
+from shared.errors import Unavailable
+from shared.messages import CancelledTasksQuery, CancelledTasksReply
+from shared.topology import DISPATCHER_RPC_QUEUE
+
+MAX_IDS = 100_000
+
+_CANCELLED = text("""
+SELECT CAST(id AS text) AS id FROM tasks
+WHERE status = 'cancelled' AND finished_at > now() - make_interval(secs => :within)
+ORDER BY finished_at DESC LIMIT :limit
+""")
+
+
+class DispatcherRpc:
+    def __init__(self, engine: AsyncEngine, publisher: Publisher) -> None:
+        self._engine = engine
+        self._publisher = publisher
+        self._channel: AbstractChannel | None = None
+
+    async def start(self, connection: AbstractRobustConnection) -> None:
+        self._channel = await connection.channel()
+        await self._channel.set_qos(prefetch_count=4)
+        queue = await self._channel.get_queue(DISPATCHER_RPC_QUEUE, ensure=False)
+        await queue.consume(self._on_request)
+
+    async def stop(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+
+    async def _on_request(self, message: AbstractIncomingMessage) -> None:
+        async with message.process(requeue=False, ignore_processed=True):
+            if not message.reply_to:
+                return
+            try:
+                query = CancelledTasksQuery.model_validate_json(message.body)
+            except ValueError as exc:
+                logger.warning("ignored an invalid rpc request: {}", exc)
+                return
+            try:
+                async with self._engine.connect() as conn:
+                    rows = await conn.execute(_CANCELLED, {"within": query.within_seconds, "limit": MAX_IDS})
+                    ids = [r.id for r in rows]
+            except Exception as exc:  # noqa: BLE001 - the asker times out and carries on
+                logger.warning("could not answer which tasks are cancelled: {}", exc)
+                return
+            reply = CancelledTasksReply(task_ids=ids).model_dump_json().encode()
+            try:
+                await self._publisher.reply(message.reply_to, message.correlation_id, reply)
+            except Unavailable:
+                logger.warning("could not deliver the cancelled-tasks answer")
