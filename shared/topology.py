@@ -170,6 +170,28 @@ async def declare_topology(channel: AbstractChannel, topology: Topology) -> None
             )
 
 
+async def declare_queue(channel: AbstractChannel, topology: Topology, name: str) -> aio_pika.abc.AbstractQueue:
+    """Declare one queue of the spec for consuming. On a robust channel the queue
+    is then re-declared, with the same arguments, and its consumers restored
+    after a reconnect (a queue got with `get_queue` would not be)."""
+    spec = topology.queue(name)
+    return await channel.declare_queue(spec.name, durable=True, arguments=dict(spec.arguments))
+
+
+def redeclare_on_reconnect(connection: aio_pika.abc.AbstractRobustConnection, topology: Topology) -> None:
+    """After a reconnect, declare everything again: a broker that lost its
+    definitions (a new node, a wiped volume) gets them back."""
+
+    async def redeclare(*_: object) -> None:
+        channel = await connection.channel()
+        try:
+            await declare_topology(channel, topology)
+        finally:
+            await channel.close()
+
+    connection.reconnect_callbacks.add(redeclare)
+
+
 async def verify_topology(channel: AbstractChannel, topology: Topology) -> dict[str, int]:
     """Passively declare every queue; answers ready-message counts by queue name.
 

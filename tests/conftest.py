@@ -50,12 +50,14 @@ FleetFactory = Callable[..., Awaitable[Fleet]]
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def fleet_factory(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[FleetFactory]:
+async def fleet_factory(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> AsyncIterator[FleetFactory]:
     """Build an isolated fleet (own vhost and database); `configure(fleet)` adds its processes."""
     made: list[tuple[Fleet, TestEnvironment]] = []
 
-    async def make(configure: Callable[[Fleet], None], *, start: bool = True) -> Fleet:
-        env = await create_environment("f")
+    async def make(configure: Callable[[Fleet], None], *, start: bool = True, **environment: object) -> Fleet:
+        env = await create_environment("f", **environment)  # type: ignore[arg-type]
         fleet = Fleet(env, log_dir(tmp_path_factory.mktemp("fleet")))
         made.append((fleet, env))
         configure(fleet)
@@ -64,7 +66,10 @@ async def fleet_factory(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterat
         return fleet
 
     yield make
+    report = getattr(request.node, "rep_call", None)
     for fleet, env in made:
+        if report is not None and report.failed:
+            print(fleet.logs())
         fleet.stop()
         await destroy_environment(env)
 

@@ -17,6 +17,7 @@ from services.api.resources import (
     PUBLISHER,
     REGISTRY,
     SETTINGS,
+    TOPOLOGY,
     broker_ctx,
     check_broker,
     check_database,
@@ -27,10 +28,10 @@ from services.api.routes.tasks import routes as task_routes
 from services.api.submit_consumer import SubmitConsumer
 from shared import metrics
 from shared.health import health_routes, metrics_handler
+from shared.runtime import bounded
 from shared.settings import Settings
 from shared.task_request import RequestLimits
 from shared.task_types import TaskTypeRegistry, default_registry
-from shared.topology import Topology
 
 QUEUE_MONITOR = web.AppKey("queue_monitor", QueueMonitor)
 
@@ -53,15 +54,14 @@ async def metrics_middleware(request: web.Request, handler: Any) -> web.StreamRe
 
 async def submit_consumer_ctx(app: web.Application) -> AsyncIterator[None]:
     channel = await app[CONNECTION].channel()
-    consumer = SubmitConsumer(channel, app[ADMISSION], app[PUBLISHER], app[REGISTRY], app[LIMITS])
+    consumer = SubmitConsumer(channel, app[ADMISSION], app[PUBLISHER], app[REGISTRY], app[LIMITS], app[TOPOLOGY])
     await consumer.start()
     yield
-    await channel.close()
+    await bounded(channel.close(), "closing the tm.submit channel")
 
 
 async def queue_monitor_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
-    monitor = QueueMonitor(app[CONNECTION], Topology(app[REGISTRY].stages(), settings.amqp.stage_queue_max_length))
+    monitor = QueueMonitor(app[CONNECTION], app[TOPOLOGY])
     app[QUEUE_MONITOR] = monitor
     monitor.start()
     yield

@@ -16,10 +16,11 @@ from services.api.dead_letters import DeadLetterQueue
 from shared.amqp.connection import connect
 from shared.amqp.publisher import Publisher
 from shared.db.engine import create_engine
+from shared.runtime import bounded
 from shared.settings import Settings
 from shared.task_request import RequestLimits
 from shared.task_types import TaskTypeRegistry
-from shared.topology import Topology, declare_topology
+from shared.topology import Topology, declare_topology, redeclare_on_reconnect
 
 SETTINGS = web.AppKey("settings", Settings)
 REGISTRY = web.AppKey("registry", TaskTypeRegistry)
@@ -29,6 +30,7 @@ PUBLISHER = web.AppKey("publisher", Publisher)
 ADMISSION = web.AppKey("admission", Admission)
 LIMITS = web.AppKey("request_limits", RequestLimits)
 DEAD_LETTERS = web.AppKey("dead_letters", DeadLetterQueue)
+TOPOLOGY = web.AppKey("topology", Topology)
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -36,15 +38,18 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     app[ENGINE] = create_engine(settings.postgres)
     logger.info("task state in PostgreSQL at {}", settings.postgres.describe())
     yield
-    await app[ENGINE].dispose()
+    await bounded(app[ENGINE].dispose(), "closing database connections")
 
 
 async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
+    topology = Topology(app[REGISTRY].stages(), settings.amqp.stage_queue_max_length)
     connection = await connect(settings.amqp, name="api")
     channel = await connection.channel()
-    await declare_topology(channel, Topology(app[REGISTRY].stages(), settings.amqp.stage_queue_max_length))
+    await declare_topology(channel, topology)
     await channel.close()
+    redeclare_on_reconnect(connection, topology)
+    app[TOPOLOGY] = topology
     app[CONNECTION] = connection
     app[PUBLISHER] = await Publisher.open(connection, timeout=5.0)
     app[ADMISSION] = Admission(
@@ -55,7 +60,7 @@ async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[DEAD_LETTERS] = DeadLetterQueue(connection, app[PUBLISHER], app[ENGINE])
     yield
-    await connection.close()
+    await bounded(connection.close(), "closing the broker connection")
 
 
 async def check_database(app: web.Application) -> None:

@@ -25,7 +25,7 @@ from shared.amqp.publisher import Publisher
 from shared.errors import InvalidRequest, TaskManagerError, Unavailable
 from shared.task_request import RequestLimits, validate_task_request
 from shared.task_types import TaskTypeRegistry
-from shared.topology import SUBMIT_QUEUE
+from shared.topology import SUBMIT_QUEUE, Topology, declare_queue
 
 PREFETCH = 64
 UNAVAILABLE_PAUSE_SECONDS = 1.0
@@ -39,8 +39,10 @@ class SubmitConsumer:
         publisher: Publisher,
         registry: TaskTypeRegistry,
         limits: RequestLimits,
+        topology: Topology,
     ) -> None:
         self._channel = channel
+        self._topology = topology
         self._admission = admission
         self._publisher = publisher
         self._registry = registry
@@ -49,7 +51,7 @@ class SubmitConsumer:
 
     async def start(self) -> None:
         await self._channel.set_qos(prefetch_count=PREFETCH)
-        queue = await self._channel.get_queue(SUBMIT_QUEUE, ensure=False)
+        queue = await declare_queue(self._channel, self._topology, SUBMIT_QUEUE)
         self._tag = await queue.consume(self._on_message)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:

@@ -20,9 +20,10 @@ from shared.amqp.dead_letter import dead_letter_headers
 from shared.amqp.publisher import Publisher
 from shared.errors import PoisonMessage, Unavailable
 from shared.messages import CancelTask, TaskEvent, parse_task_event, utcnow
+from shared.runtime import bounded
 from shared.settings import DispatcherSettings
 from shared.status import TaskStatus
-from shared.topology import DISPATCHER_EVENTS_QUEUE
+from shared.topology import DISPATCHER_EVENTS_QUEUE, Topology, declare_queue
 
 _DB_ERRORS = (DBAPIError, InterfaceError, OperationalError, OSError, ConnectionError)
 
@@ -50,10 +51,10 @@ class EventConsumer:
         self._stopping = False
         self.database_healthy = True
 
-    async def start(self, connection: AbstractRobustConnection) -> None:
+    async def start(self, connection: AbstractRobustConnection, topology: Topology) -> None:
         self._channel = await connection.channel()
         await self._channel.set_qos(prefetch_count=self._batch_max * 2)
-        self._queue = await self._channel.get_queue(DISPATCHER_EVENTS_QUEUE, ensure=False)
+        self._queue = await declare_queue(self._channel, topology, DISPATCHER_EVENTS_QUEUE)
         self._tag = await self._queue.consume(self._on_message)
         self._loop_task = asyncio.create_task(self._run(), name="event-batches")
 
@@ -61,15 +62,13 @@ class EventConsumer:
         """Stop consuming, finish the batch being written, leave the rest unacked."""
         self._stopping = True
         if self._queue is not None and self._tag is not None:
-            with contextlib.suppress(Exception):
-                await self._queue.cancel(self._tag)
+            await bounded(self._queue.cancel(self._tag), "cancelling the event consumer")
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
         if self._channel is not None:
-            with contextlib.suppress(Exception):
-                await self._channel.close()
+            await bounded(self._channel.close(), "closing the event channel")
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         self._buffer.append(message)

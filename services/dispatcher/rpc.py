@@ -12,7 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared.amqp.publisher import Publisher
 from shared.errors import Unavailable
 from shared.messages import CancelledTasksQuery, CancelledTasksReply
-from shared.topology import DISPATCHER_RPC_QUEUE
+from shared.runtime import bounded
+from shared.topology import DISPATCHER_RPC_QUEUE, Topology, declare_queue
 
 MAX_IDS = 100_000
 
@@ -29,15 +30,15 @@ class DispatcherRpc:
         self._publisher = publisher
         self._channel: AbstractChannel | None = None
 
-    async def start(self, connection: AbstractRobustConnection) -> None:
+    async def start(self, connection: AbstractRobustConnection, topology: Topology) -> None:
         self._channel = await connection.channel()
         await self._channel.set_qos(prefetch_count=4)
-        queue = await self._channel.get_queue(DISPATCHER_RPC_QUEUE, ensure=False)
+        queue = await declare_queue(self._channel, topology, DISPATCHER_RPC_QUEUE)
         await queue.consume(self._on_request)
 
     async def stop(self) -> None:
         if self._channel is not None:
-            await self._channel.close()
+            await bounded(self._channel.close(), "closing the rpc channel")
 
     async def _on_request(self, message: AbstractIncomingMessage) -> None:
         async with message.process(requeue=False, ignore_processed=True):

@@ -17,20 +17,22 @@ from shared.amqp.connection import connect
 from shared.amqp.publisher import Publisher
 from shared.db.engine import create_engine
 from shared.health import start_ops_server
-from shared.runtime import on_shutdown_signal
+from shared.runtime import bounded, on_shutdown_signal
 from shared.settings import Settings
 from shared.task_types import TaskTypeRegistry, default_registry
-from shared.topology import Topology, declare_topology
+from shared.topology import Topology, declare_topology, redeclare_on_reconnect
 
 
 async def run_dispatcher(settings: Settings, registry: TaskTypeRegistry | None = None) -> None:
     registry = registry or default_registry()
     engine = create_engine(settings.postgres)
     logger.info("task state in PostgreSQL at {}", settings.postgres.describe())
+    topology = Topology(registry.stages(), settings.amqp.stage_queue_max_length)
     connection = await connect(settings.amqp, name="dispatcher")
     channel = await connection.channel()
-    await declare_topology(channel, Topology(registry.stages(), settings.amqp.stage_queue_max_length))
+    await declare_topology(channel, topology)
     await channel.close()
+    redeclare_on_reconnect(connection, topology)
     publisher = await Publisher.open(connection)
     session = aiohttp.ClientSession()
 
@@ -60,8 +62,8 @@ async def run_dispatcher(settings: Settings, registry: TaskTypeRegistry | None =
     on_shutdown_signal(stop.set)
 
     rpc = DispatcherRpc(engine, publisher)
-    await consumer.start(connection)
-    await rpc.start(connection)
+    await consumer.start(connection, topology)
+    await rpc.start(connection, topology)
     callbacks.start()
     logger.info("dispatcher ready")
     await stop.wait()
@@ -73,6 +75,6 @@ async def run_dispatcher(settings: Settings, registry: TaskTypeRegistry | None =
     await session.close()
     if ops is not None:
         await ops.cleanup()
-    await connection.close()
-    await engine.dispose()
+    await bounded(connection.close(), "closing the broker connection")
+    await bounded(engine.dispose(), "closing database connections")
     logger.info("dispatcher stopped")

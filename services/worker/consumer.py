@@ -45,8 +45,9 @@ from shared.messages import (
     TaskStageCompleted,
     utcnow,
 )
+from shared.runtime import bounded
 from shared.settings import RetrySettings, WorkerSettings
-from shared.topology import TASKS_EXCHANGE, stage_queue
+from shared.topology import TASKS_EXCHANGE, Topology, declare_queue, stage_queue
 
 
 @dataclass(frozen=True)
@@ -108,11 +109,11 @@ class StageWorker:
 
     # --- lifecycle ---------------------------------------------------------------
 
-    async def start(self, connection: AbstractRobustConnection) -> None:
+    async def start(self, connection: AbstractRobustConnection, topology: Topology) -> None:
         self._channel = await connection.channel()
         # Prefetch = pool size: the broker keeps the rest, so priorities still reorder them.
         await self._channel.set_qos(prefetch_count=self.pool_size)
-        self._queue = await self._channel.get_queue(stage_queue(self.stage), ensure=False)
+        self._queue = await declare_queue(self._channel, topology, stage_queue(self.stage))
         self._consumer_tag = await self._queue.consume(self._on_message)
         logger.info("consuming {} with {} slots", stage_queue(self.stage), self.pool_size)
 
@@ -121,8 +122,7 @@ class StageWorker:
         period, then requeue whatever is still running."""
         self._stopping = True
         if self._queue is not None and self._consumer_tag is not None:
-            with contextlib.suppress(Exception):
-                await self._queue.cancel(self._consumer_tag)
+            await bounded(self._queue.cancel(self._consumer_tag), "cancelling the consumer")
         pending = set(self._inflight)
         if pending:
             logger.info("waiting up to {}s for {} task(s) in flight", grace_seconds, len(pending))
@@ -133,8 +133,7 @@ class StageWorker:
             await asyncio.wait(pending, timeout=5)
             logger.warning("requeued {} unfinished task(s) at shutdown", len(pending))
         if self._channel is not None:
-            with contextlib.suppress(Exception):
-                await self._channel.close()
+            await bounded(self._channel.close(), "closing the consumer channel")
 
     # --- the loop ------------------------------------------------------------------
 

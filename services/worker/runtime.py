@@ -18,10 +18,10 @@ from services.worker.stages import StageResources, build_stage
 from shared.amqp.connection import connect
 from shared.amqp.publisher import Publisher
 from shared.health import start_ops_server
-from shared.runtime import on_shutdown_signal
+from shared.runtime import bounded, on_shutdown_signal
 from shared.settings import Settings
 from shared.task_types import TaskTypeRegistry, default_registry
-from shared.topology import Topology, declare_topology
+from shared.topology import Topology, declare_topology, redeclare_on_reconnect
 
 # How long a starting worker waits to learn which tasks were cancelled meanwhile.
 CANCEL_SYNC_WAIT_SECONDS = 2.0
@@ -32,10 +32,12 @@ async def run_worker(settings: Settings, stage: str, registry: TaskTypeRegistry 
     handler = build_stage(stage, settings, registry)
     worker_id = f"{stage}@{socket.gethostname()}:{os.getpid()}"
 
+    topology = Topology(registry.stages(), settings.amqp.stage_queue_max_length)
     connection = await connect(settings.amqp, name=f"worker-{stage}")
     channel = await connection.channel()
-    await declare_topology(channel, Topology(registry.stages(), settings.amqp.stage_queue_max_length))
+    await declare_topology(channel, topology)
     await channel.close()
+    redeclare_on_reconnect(connection, topology)
     publisher = await Publisher.open(connection)
 
     cpu = CpuPool(settings.worker.cpu_workers)
@@ -67,7 +69,7 @@ async def run_worker(settings: Settings, stage: str, registry: TaskTypeRegistry 
 
     if isinstance(handler, StageResources):
         await handler.start()
-    await worker.start(connection)
+    await worker.start(connection, topology)
     heartbeat.start()
     logger.info("worker {} ready", worker_id)
     await stop.wait()
@@ -76,9 +78,9 @@ async def run_worker(settings: Settings, stage: str, registry: TaskTypeRegistry 
     await worker.stop(settings.worker.shutdown_grace_seconds)
     await heartbeat.stop()
     if isinstance(handler, StageResources):
-        await handler.close()
+        await bounded(handler.close(), "releasing the stage's resources", 10)
     cpu.close()
     if ops is not None:
         await ops.cleanup()
-    await connection.close()
+    await bounded(connection.close(), "closing the broker connection")
     logger.info("worker {} stopped", worker_id)

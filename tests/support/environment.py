@@ -46,16 +46,24 @@ def _base_amqp_url() -> str:
     return AmqpSettings().url.get_secret_value().rstrip("/")
 
 
-async def create_environment(prefix: str = "t") -> TestEnvironment:
+async def create_environment(
+    prefix: str = "t", *, amqp_url: str | None = None, postgres: PostgresSettings | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> TestEnvironment:
+    """A vhost on the shared broker (or `amqp_url`: a dedicated broker, used whole)
+    and a migrated database on the local PostgreSQL (or `postgres`)."""
     name = f"tm_{prefix}_{uuid.uuid4().hex[:8]}"
-    _rabbitmqctl("add_vhost", name)
-    _rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
-    base = _base_amqp_url()
-    # The base URL ends with the default vhost "/" (or none): replace it with ours.
-    root = base[: base.rfind("/")] if base.count("/") > 2 else base
-    amqp_url = f"{root}/{name}"
+    vhost = ""
+    if amqp_url is None:
+        vhost = name
+        _rabbitmqctl("add_vhost", name)
+        _rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        base = _base_amqp_url()
+        # The base URL ends with the default vhost "/" (or none): replace it with ours.
+        root = base[: base.rfind("/")] if base.count("/") > 2 else base
+        amqp_url = f"{root}/{name}"
 
-    postgres = PostgresSettings()
+    postgres = postgres or PostgresSettings()
     if postgres.uses_local_server:
         LocalPostgres(postgres).ensure_running()
     await wait_until_accepting(postgres)
@@ -75,12 +83,19 @@ async def create_environment(prefix: str = "t") -> TestEnvironment:
         "CALLBACK_TIMEOUT": "5",
         "WORKER_HEARTBEAT_INTERVAL": "1",
         "PYTHONUNBUFFERED": "1",
+        "POSTGRES_LOCAL_PORT": str(postgres.local_port),
+        "POSTGRES_LOCAL_DATA": str(postgres.local_data_dir),
+        **(extra_env or {}),
     }
-    return TestEnvironment(name=name, vhost=name, database=name, amqp_url=amqp_url, postgres=postgres, env=env)
+    return TestEnvironment(name=name, vhost=vhost, database=name, amqp_url=amqp_url, postgres=postgres, env=env)
 
 
 async def destroy_environment(environment: TestEnvironment) -> None:
     try:
-        _rabbitmqctl("delete_vhost", environment.vhost)
+        if environment.vhost:
+            _rabbitmqctl("delete_vhost", environment.vhost)
     finally:
-        await drop_database(environment.postgres, environment.database)
+        try:
+            await drop_database(environment.postgres, environment.database)
+        except OSError:
+            pass  # a dedicated server may be gone already

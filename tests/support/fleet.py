@@ -108,7 +108,10 @@ class Fleet:
         # api first, dispatcher last: the order `taskmgr up` uses.
         order = sorted(self.processes, key=lambda p: {"api": 0, "dispatcher": 2}.get(p.name, 1))
         for process in order:
+            started = time.monotonic()
             process.stop()
+            if time.monotonic() - started > 5:
+                print(f"slow stop: {process.name} took {time.monotonic() - started:.1f}s\n{process.log_tail(15)}")
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} ---\n{p.log_tail()}" for p in self.processes)
