@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos
+
 lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet ruff mypy
 	$(BIN)/ruff check shared services tests

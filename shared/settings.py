@@ -170,6 +170,9 @@ class ApiSettings(BaseSettings):
     max_batch_size: int = Field(default=500, alias="MAX_BATCH_SIZE", ge=1)
     max_page_size: int = Field(default=200, alias="MAX_PAGE_SIZE", ge=1)
     max_retry_limit: int = Field(default=20, alias="MAX_RETRY_LIMIT", ge=0)
+    # RabbitMQ closes a channel holding a message unacked past consumer_timeout
+    # (30 min by default in 3.10): attempts must end before that, with margin.
+    max_task_timeout_seconds: float = Field(default=1740, alias="MAX_TASK_TIMEOUT", gt=0)
 
 
 class CallbackSettings(BaseSettings):

@@ -75,6 +75,7 @@ class BatchItem(TaskRequest):
 class RequestLimits:
     default_retry_limit: int
     max_retry_limit: int
+    max_timeout_seconds: float = 1740.0
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,9 @@ def validate_task_request(
         errors.append(FieldError("kb_id", f"is required for task type {task_type.name!r}"))
     if request.retry_limit is not None and request.retry_limit > limits.max_retry_limit:
         errors.append(FieldError("retry_limit", f"must be at most {limits.max_retry_limit}"))
+    if request.timeout_seconds is not None and request.timeout_seconds > limits.max_timeout_seconds:
+        errors.append(FieldError("timeout_seconds", f"must be at most {limits.max_timeout_seconds:g} (MAX_TASK_TIMEOUT, "
+                                                    "kept under RabbitMQ's consumer_timeout)"))
     try:
         payload = task_type.payload_model.model_validate(request.payload).model_dump(mode="json")
     except ValidationError as exc:

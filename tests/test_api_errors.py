@@ -20,6 +20,8 @@ def _fields(body: dict) -> set[str]:
         ({"task_type": "echo", "priority": "urgent"}, "priority"),
         ({"task_type": "echo", "retry_limit": 999}, "retry_limit"),
         ({"task_type": "echo", "retry_limit": -1}, "retry_limit"),
+        ({"task_type": "echo", "timeout_seconds": 3600}, "timeout_seconds"),
+        ({"task_type": "echo", "timeout_seconds": 0}, "timeout_seconds"),
         ({"task_type": "sleep", "payload": {"seconds": "soon"}}, "payload.seconds"),
         ({"task_type": "sleep", "payload": {"seconds": 1, "extra": 1}}, "payload.extra"),
         ({"task_type": "echo", "kb_id": "has spaces"}, "kb_id"),

@@ -76,7 +76,9 @@ def create_app(settings: Settings, registry: TaskTypeRegistry | None = None) -> 
     app[SETTINGS] = settings
     app[REGISTRY] = registry or default_registry()
     app[LIMITS] = RequestLimits(
-        default_retry_limit=settings.retry.max_retry_attempts, max_retry_limit=settings.api.max_retry_limit
+        default_retry_limit=settings.retry.max_retry_attempts,
+        max_retry_limit=settings.api.max_retry_limit,
+        max_timeout_seconds=settings.api.max_task_timeout_seconds,
     )
     app.cleanup_ctx.extend([database_ctx, broker_ctx, submit_consumer_ctx, queue_monitor_ctx])
 
