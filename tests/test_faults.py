@@ -242,3 +242,38 @@ async def test_duplicate_deliveries_end_in_one_state_and_one_callback(
     await asyncio.sleep(2)
     assert (await api.get(created["task_id"]))["result"] == final["result"] == {"slept_seconds": final["result"]["slept_seconds"]}
     assert len(receiver.for_path("dup")) == 1
+
+
+async def test_a_message_whose_worker_keeps_dying_is_dead_lettered_not_looped(
+    fleet_factory: FleetFactory, http: aiohttp.ClientSession
+) -> None:
+    fleet = await fleet_factory(_standard, extra_env={"MAX_REDELIVERIES": "2"})
+    api = ApiClient(fleet.api_url, http)
+    created = await api.submit({"task_type": "sleep", "payload": {"seconds": 30}})
+    await api.wait_for(created["task_id"], {"processing"}, timeout=30)
+    for round_ in range(3):
+        await asyncio.sleep(1.5)  # the (re)delivered message is being worked on
+        worker = _process(fleet, "worker")
+        worker.kill()
+        fleet.processes.remove(worker)
+        await fleet.start(fleet.add_worker(name=f"worker-{round_}"))
+    task = await api.wait_for(created["task_id"], timeout=30)
+    assert task["status"] == "failed"
+    assert task["error"]["type"] == "redelivery_limit" and "redelivered 3 times" in task["error"]["message"]
+    status, dead = await api.call("GET", f"/api/v1/dlq/{created['task_id']}")
+    assert status == 200 and "redelivered 3 times" in dead["items"][0]["reason"]
+
+
+async def test_cancel_racing_completion_agrees_everywhere(
+    api: ApiClient, receiver: CallbackReceiver
+) -> None:
+    ids = [(await api.submit({"task_type": "sleep", "payload": {"seconds": 0.3}, "callback_url": receiver.url("race")}))
+           ["task_id"] for _ in range(30)]
+    await asyncio.sleep(0.25)
+    await asyncio.gather(*(api.call("DELETE", f"/api/v1/tasks/{t}") for t in ids))
+    finals = await _all_final(api, ids)
+    statuses = Counter(t["status"] for t in finals)
+    assert set(statuses) <= {"completed", "cancelled"} and sum(statuses.values()) == len(ids)
+    await receiver.wait_for("race", count=len(ids))
+    await asyncio.sleep(1)
+    _assert_one_callback_each(receiver, "race", finals)
