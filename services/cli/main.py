@@ -185,7 +185,13 @@ def _ensure_postgres(settings: Settings) -> None:
 
 
 def _check_broker(settings: AmqpSettings) -> None:
+    import logging
+
     import aio_pika
+
+    # One clear line below is the whole story; the client library's own error log is noise here.
+    for name in ("aio_pika", "aiormq"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
     async def probe() -> None:
         connection = await aio_pika.connect(settings.connection_url(), timeout=5)
