@@ -155,19 +155,35 @@ def _exchanges() -> tuple[Exchange, ...]:
     )
 
 
+# Bindings earlier versions declared and that must not survive an upgrade: a
+# headers-exchange binding on an x- header matches every message.
+LEGACY_BINDINGS: tuple[tuple[str, Binding], ...] = tuple(
+    (tier.queue, Binding(RETRY_EXCHANGE, arguments=(("x-match", "all"), ("x-tm-retry-tier", tier.name))))
+    for tier in RETRY_TIERS
+)
+
+
 async def declare_topology(channel: AbstractChannel, topology: Topology) -> None:
-    """Declare every exchange, queue and binding; safe to run any number of times."""
+    """Declare every exchange, queue and binding, and remove legacy bindings;
+    safe to run any number of times."""
     exchanges = {}
     for spec in topology.exchanges:
         exchanges[spec.name] = await channel.declare_exchange(spec.name, spec.type, durable=True)
+    queues = {}
     for queue_spec in topology.queues:
-        queue = await channel.declare_queue(queue_spec.name, durable=True, arguments=dict(queue_spec.arguments))
+        queue = queues[queue_spec.name] = await channel.declare_queue(
+            queue_spec.name, durable=True, arguments=dict(queue_spec.arguments)
+        )
         for binding in queue_spec.bindings:
             await queue.bind(
                 exchanges[binding.exchange],
                 routing_key=binding.routing_key,
                 arguments=dict(binding.arguments) or None,
             )
+    for queue_name, binding in LEGACY_BINDINGS:
+        await queues[queue_name].unbind(
+            exchanges[binding.exchange], routing_key=binding.routing_key, arguments=dict(binding.arguments)
+        )
 
 
 async def declare_queue(channel: AbstractChannel, topology: Topology, name: str) -> aio_pika.abc.AbstractQueue:

@@ -85,3 +85,27 @@ async def test_a_retry_waits_in_exactly_one_delay_tier(fleet: Fleet) -> None:
             if task.task_id.encode() in message.body:
                 await message.ack()
                 break
+
+
+async def test_declaring_the_topology_removes_the_legacy_match_everything_binding(fleet: Fleet) -> None:
+    from shared.topology import LEGACY_BINDINGS, Topology, declare_topology
+    from shared.task_types import default_registry
+
+    connection = await aio_pika.connect(fleet.environment.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        queue_name, legacy = LEGACY_BINDINGS[0]
+        queue = await channel.declare_queue(queue_name, passive=True)
+        await queue.bind(legacy.exchange, routing_key="", arguments=dict(legacy.arguments))
+        await declare_topology(channel, Topology(default_registry().stages()))
+
+        async def depths() -> dict[str, int]:
+            return {t.queue: (await channel.declare_queue(t.queue, passive=True)).declaration_result.message_count
+                    for t in RETRY_TIERS}
+
+        before = await depths()
+        task = TaskMessage(task_id=new_task_id(), task_type="echo", retry_limit=1, created_at=utcnow())
+        publisher = await Publisher.open(connection)
+        await publisher.retry(task, RETRY_TIERS[-1], headers={h.ATTEMPT: 2})
+        after = await depths()
+        assert {q: after[q] - before[q] for q in after} == {t.queue: int(t is RETRY_TIERS[-1]) for t in RETRY_TIERS}
