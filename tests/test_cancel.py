@@ -7,7 +7,7 @@ import time
 
 from tests.conftest import FleetFactory
 from tests.support.api import ApiClient
-from tests.support.fleet import Fleet
+from tests.support.fleet import Fleet, one_slot
 
 
 async def test_cancelling_a_running_sleep_stops_it_within_a_second(api: ApiClient) -> None:
@@ -30,11 +30,6 @@ async def test_a_finished_task_cannot_be_cancelled(api: ApiClient) -> None:
 
 
 async def test_a_queued_task_that_is_cancelled_never_runs(fleet_factory: FleetFactory, http) -> None:  # type: ignore[no-untyped-def]
-    def one_slot(fleet: Fleet) -> None:
-        fleet.add_api()
-        fleet.add_worker(WORKER_POOL_SIZE="1")
-        fleet.add_dispatcher()
-
     fleet = await fleet_factory(one_slot)
     api = ApiClient(fleet.api_url, http)
     blocker = await api.submit({"task_type": "sleep", "payload": {"seconds": 1.5}})

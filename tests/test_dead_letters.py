@@ -13,13 +13,7 @@ import aio_pika
 
 from tests.conftest import FleetFactory
 from tests.support.api import ApiClient
-from tests.support.fleet import Fleet
-
-
-def _one_fleet(fleet: Fleet) -> None:
-    fleet.add_api()
-    fleet.add_worker()
-    fleet.add_dispatcher()
+from tests.support.fleet import Fleet, standard
 
 
 def _taskmgr(fleet: Fleet, *args: str) -> dict:  # type: ignore[type-arg]
@@ -30,7 +24,7 @@ def _taskmgr(fleet: Fleet, *args: str) -> dict:  # type: ignore[type-arg]
 
 
 async def test_a_dead_task_is_listed_shown_and_replayed_once(fleet_factory: FleetFactory, http) -> None:  # type: ignore[no-untyped-def]
-    fleet = await fleet_factory(_one_fleet)
+    fleet = await fleet_factory(standard)
     api = ApiClient(fleet.api_url, http)
     task = await api.run({"task_type": "fail", "retry_limit": 0, "payload": {"fail_times": 1}})
     assert task["status"] == "failed"
@@ -52,7 +46,7 @@ async def test_a_dead_task_is_listed_shown_and_replayed_once(fleet_factory: Flee
 
 
 async def test_replay_moves_the_task_back_to_queued_with_a_fresh_series(fleet_factory: FleetFactory, http) -> None:  # type: ignore[no-untyped-def]
-    fleet = await fleet_factory(_one_fleet)
+    fleet = await fleet_factory(standard)
     api = ApiClient(fleet.api_url, http)
     task = await api.run({"task_type": "fail", "retry_limit": 1, "payload": {"fail_times": 2}}, timeout=30)
     assert task["status"] == "failed" and task["attempts"] == 2
@@ -69,7 +63,7 @@ async def test_replay_moves_the_task_back_to_queued_with_a_fresh_series(fleet_fa
 
 
 async def test_poison_and_unknown_letters_are_listed_but_not_replayed(fleet_factory: FleetFactory, http) -> None:  # type: ignore[no-untyped-def]
-    fleet = await fleet_factory(_one_fleet)
+    fleet = await fleet_factory(standard)
     api = ApiClient(fleet.api_url, http)
     marker = uuid.uuid4().hex
     connection = await aio_pika.connect(fleet.environment.amqp_url)

@@ -21,13 +21,7 @@ from tests.conftest import FleetFactory
 from tests.support.api import ApiClient
 from tests.support.callback_receiver import CallbackReceiver
 from tests.support.dedicated import DedicatedPostgres, DedicatedRabbitMQ
-from tests.support.fleet import Fleet
-
-
-def _standard(fleet: Fleet, **worker_env: str) -> None:
-    fleet.add_api()
-    fleet.add_worker(**worker_env)
-    fleet.add_dispatcher()
+from tests.support.fleet import Fleet, standard
 
 
 def _process(fleet: Fleet, prefix: str):  # type: ignore[no-untyped-def]
@@ -66,7 +60,7 @@ async def dedicated_postgres() -> AsyncIterator[DedicatedPostgres]:
 async def test_a_worker_killed_mid_tasks_loses_none_and_completes_none_twice(
     fleet_factory: FleetFactory, http: aiohttp.ClientSession, receiver: CallbackReceiver
 ) -> None:
-    fleet = await fleet_factory(lambda f: _standard(f, WORKER_POOL_SIZE="6"))
+    fleet = await fleet_factory(lambda f: standard(f, WORKER_POOL_SIZE="6"))
     api = ApiClient(fleet.api_url, http)
     ids = [(await api.submit({"task_type": "sleep", "payload": {"seconds": random.uniform(0.2, 1.0)},
                               "callback_url": receiver.url("kill")}))["task_id"] for _ in range(40)]
@@ -89,7 +83,7 @@ async def test_a_worker_killed_mid_tasks_loses_none_and_completes_none_twice(
 async def test_a_rabbitmq_restart_is_survived_and_no_unconfirmed_task_is_accepted(
     dedicated_broker: DedicatedRabbitMQ, fleet_factory: FleetFactory, http: aiohttp.ClientSession
 ) -> None:
-    fleet = await fleet_factory(_standard, amqp_url=dedicated_broker.url)
+    fleet = await fleet_factory(standard, amqp_url=dedicated_broker.url)
     api = ApiClient(fleet.api_url, http)
     accepted: list[str] = []
     answers: Counter[int] = Counter()
@@ -134,7 +128,7 @@ async def test_a_rabbitmq_restart_is_survived_and_no_unconfirmed_task_is_accepte
 async def test_every_process_exits_promptly_on_sigterm_while_the_broker_is_down(
     dedicated_broker: DedicatedRabbitMQ, fleet_factory: FleetFactory
 ) -> None:
-    fleet = await fleet_factory(_standard, amqp_url=dedicated_broker.url)
+    fleet = await fleet_factory(standard, amqp_url=dedicated_broker.url)
     await asyncio.to_thread(dedicated_broker.stop_app)
     try:
         for process in list(fleet.processes):
@@ -149,7 +143,7 @@ async def test_every_process_exits_promptly_on_sigterm_while_the_broker_is_down(
 async def test_a_postgres_outage_is_survived(
     dedicated_postgres: DedicatedPostgres, fleet_factory: FleetFactory, http: aiohttp.ClientSession
 ) -> None:
-    fleet = await fleet_factory(_standard, postgres=dedicated_postgres.settings)
+    fleet = await fleet_factory(standard, postgres=dedicated_postgres.settings)
     api = ApiClient(fleet.api_url, http)
     in_flight = [(await api.submit({"task_type": "sleep", "payload": {"seconds": 2}}))["task_id"] for _ in range(10)]
     await asyncio.sleep(0.5)
@@ -204,7 +198,7 @@ async def test_a_callback_gives_up_after_its_budget_and_says_so(fleet_factory: F
 async def test_sigterm_on_each_process_with_work_in_flight_leaves_nothing_stuck(
     fleet_factory: FleetFactory, http: aiohttp.ClientSession
 ) -> None:
-    fleet = await fleet_factory(lambda f: _standard(f, SHUTDOWN_GRACE_SECONDS="1"))
+    fleet = await fleet_factory(lambda f: standard(f, SHUTDOWN_GRACE_SECONDS="1"))
     api = ApiClient(fleet.api_url, http)
     ids = [(await api.submit({"task_type": "sleep", "payload": {"seconds": s}}))["task_id"]
            for s in (0.2, 0.5, 3, 3, 5)]
@@ -247,7 +241,7 @@ async def test_duplicate_deliveries_end_in_one_state_and_one_callback(
 async def test_a_message_whose_worker_keeps_dying_is_dead_lettered_not_looped(
     fleet_factory: FleetFactory, http: aiohttp.ClientSession
 ) -> None:
-    fleet = await fleet_factory(_standard, extra_env={"MAX_REDELIVERIES": "2"})
+    fleet = await fleet_factory(standard, extra_env={"MAX_REDELIVERIES": "2"})
     api = ApiClient(fleet.api_url, http)
     created = await api.submit({"task_type": "sleep", "payload": {"seconds": 30}})
     await api.wait_for(created["task_id"], {"processing"}, timeout=30)

@@ -6,15 +6,10 @@ import asyncio
 
 from tests.conftest import FleetFactory
 from tests.support.api import ApiClient
-from tests.support.fleet import Fleet
+from tests.support.fleet import one_slot
 
 
 async def test_high_priority_tasks_finish_before_a_low_priority_backlog(fleet_factory: FleetFactory, http) -> None:  # type: ignore[no-untyped-def]
-    def one_slot(fleet: Fleet) -> None:
-        fleet.add_api()
-        fleet.add_worker(WORKER_POOL_SIZE="1")
-        fleet.add_dispatcher()
-
     fleet = await fleet_factory(one_slot)
     api = ApiClient(fleet.api_url, http)
     low = [(await api.submit({"task_type": "sleep", "priority": "low", "payload": {"seconds": 0.05}}))["task_id"]

@@ -133,6 +133,18 @@ async def wait_ready(process: Process, timeout: float) -> None:
     raise TimeoutError(f"{process.name} not ready after {timeout}s:\n{process.log_tail()}")
 
 
+def standard(fleet: Fleet, **worker_env: str) -> None:
+    """The usual fleet: api, one default worker (with `worker_env`), dispatcher."""
+    fleet.add_api()
+    fleet.add_worker(**worker_env)
+    fleet.add_dispatcher()
+
+
+def one_slot(fleet: Fleet) -> None:
+    """A worker that runs one task at a time, so the rest visibly wait in the queue."""
+    standard(fleet, WORKER_POOL_SIZE="1")
+
+
 def log_dir(base: Path) -> Path:
     path = base / f"logs-{os.getpid()}"
     path.mkdir(parents=True, exist_ok=True)
