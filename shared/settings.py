@@ -253,3 +253,14 @@ class Settings(BaseModel):
     @classmethod
     def from_env(cls) -> Settings:
         return cls()
+
+    def secret_values(self) -> list[str]:
+        """Every `SecretStr` setting's value, for masking in logs (shared.log_redaction)."""
+        found = []
+        for name in type(self).model_fields:
+            group = getattr(self, name)
+            for field_name in type(group).model_fields:
+                value = getattr(group, field_name)
+                if isinstance(value, SecretStr):
+                    found.append(value.get_secret_value())
+        return found
