@@ -49,7 +49,8 @@ class SubmitConsumer:
 
     async def start(self) -> None:
         await self._channel.set_qos(prefetch_count=PREFETCH)
-        queue = await self._channel.get_queue(SUBMIT_QUEUE, ensure=False)
+        # Declared (passively), so the robust channel consumes it again after a reconnect.
+        queue = await self._channel.declare_queue(SUBMIT_QUEUE, passive=True)
         self._tag = await queue.consume(self._on_message)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:

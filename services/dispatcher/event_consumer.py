@@ -53,7 +53,8 @@ class EventConsumer:
     async def start(self, connection: AbstractRobustConnection) -> None:
         self._channel = await connection.channel()
         await self._channel.set_qos(prefetch_count=self._batch_max * 2)
-        self._queue = await self._channel.get_queue(DISPATCHER_EVENTS_QUEUE, ensure=False)
+        # Declared (passively), so the robust channel consumes it again after a reconnect.
+        self._queue = await self._channel.declare_queue(DISPATCHER_EVENTS_QUEUE, passive=True)
         self._tag = await self._queue.consume(self._on_message)
         self._loop_task = asyncio.create_task(self._run(), name="event-batches")
 

@@ -112,7 +112,9 @@ class StageWorker:
         self._channel = await connection.channel()
         # Prefetch = pool size: the broker keeps the rest, so priorities still reorder them.
         await self._channel.set_qos(prefetch_count=self.pool_size)
-        self._queue = await self._channel.get_queue(stage_queue(self.stage), ensure=False)
+        # A declared (not merely fetched) queue is re-consumed by the robust
+        # channel after a reconnect; `get_queue(ensure=False)` would be forgotten.
+        self._queue = await self._channel.declare_queue(stage_queue(self.stage), passive=True)
         self._consumer_tag = await self._queue.consume(self._on_message)
         logger.info("consuming {} with {} slots", stage_queue(self.stage), self.pool_size)
 
