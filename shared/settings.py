@@ -56,6 +56,18 @@ class AmqpSettings(BaseSettings):
     heartbeat_seconds: int = Field(default=30, alias="AMQP_HEARTBEAT", ge=0)
     # Stage queues refuse publishes past this depth (backpressure, not loss).
     stage_queue_max_length: int = Field(default=1_000_000, alias="STAGE_QUEUE_MAX_LENGTH", ge=1)
+    # The management HTTP API (e.g. http://user:pass@rabbitmq:15672), used by
+    # GET /api/v1/stats/queues for unacked counts and rates. Without user-info,
+    # the AMQP_URL credentials are used.
+    management_url: SecretStr | None = Field(default=None, alias="RABBITMQ_MANAGEMENT_URL")
+
+    @property
+    def vhost(self) -> str:
+        """The vhost named by AMQP_URL's path ("/" when it names none)."""
+        from urllib.parse import unquote, urlsplit
+
+        path = urlsplit(self.url.get_secret_value()).path
+        return unquote(path[1:]) if len(path) > 1 else "/"
 
     def connection_url(self) -> str:
         url = self.url.get_secret_value()

@@ -50,7 +50,9 @@ FleetFactory = Callable[..., Awaitable[Fleet]]
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def fleet_factory(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[FleetFactory]:
+async def fleet_factory(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> AsyncIterator[FleetFactory]:
     """Build an isolated fleet (own vhost and database); `configure(fleet)` adds its processes."""
     made: list[tuple[Fleet, TestEnvironment]] = []
 
@@ -64,7 +66,10 @@ async def fleet_factory(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterat
         return fleet
 
     yield make
+    report = getattr(request.node, "rep_call", None)
     for fleet, env in made:
+        if report is not None and report.failed:
+            print(fleet.logs())
         fleet.stop()
         await destroy_environment(env)
 

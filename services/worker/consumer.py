@@ -106,6 +106,21 @@ class StageWorker:
     def active(self) -> int:
         return len(self._inflight)
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    async def check_consuming(self) -> None:
+        """Readiness: this worker takes deliveries from its stage queue."""
+        if self._stopping:
+            raise RuntimeError("shutting down: no longer consuming")
+        if self._channel is None or self._channel.is_closed or self._consumer_tag is None:
+            raise RuntimeError(f"not consuming {stage_queue(self.stage)}")
+        # An open channel is not enough: after a reconnect the consumer must be back on it.
+        underlay = await self._channel.get_underlay_channel()
+        if self._consumer_tag not in underlay.consumers:
+            raise RuntimeError(f"not consuming {stage_queue(self.stage)} (consumer not restored)")
+
     # --- lifecycle ---------------------------------------------------------------
 
     async def start(self, connection: AbstractRobustConnection) -> None:
@@ -212,9 +227,12 @@ class StageWorker:
         if isinstance(outcome, Succeeded):
             self._estimator.observe(task.task_type, self.stage, elapsed)
             self.processed += 1
+            logger.info("attempt succeeded in {:.3f}s", elapsed)
         elif isinstance(outcome, Failed):
             self.failed += 1
             logger.info("attempt failed after {:.3f}s: {}", elapsed, outcome.error.message)
+        else:
+            logger.info("attempt cancelled after {:.3f}s", elapsed)
         return outcome, ctx
 
     # --- outcomes ----------------------------------------------------------------------
