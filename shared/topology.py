@@ -5,7 +5,7 @@ fresh vhost works with no operator step. Queue and exchange names are spelled
 only here.
 
     tm.tasks   (direct)  --stage-->        tm.stage.<stage>   x-max-priority, max-length reject-publish
-    tm.retry   (headers) --x-tm-retry-tier--> tm.retry.<tier>  TTL, dead-letters back to tm.tasks
+    tm.retry   (headers) --tm-retry-tier--> tm.retry.<tier>   TTL, dead-letters back to tm.tasks
     tm.dlx     (fanout)  -->                tm.dead
     tm.events  (topic)   --task.#-->        tm.dispatcher.events
     tm.control (fanout)  -->                one exclusive queue per worker

@@ -5,7 +5,10 @@ from __future__ import annotations
 import aio_pika
 
 from shared.amqp import headers as h
-from shared.topology import DEAD_QUEUE
+from shared.amqp.publisher import Publisher
+from shared.ids import new_task_id
+from shared.messages import TaskMessage, utcnow
+from shared.topology import DEAD_QUEUE, RETRY_TIERS
 from tests.support.api import ApiClient
 from tests.support.fleet import Fleet
 
@@ -56,3 +59,29 @@ async def test_a_timed_out_attempt_is_retried_then_fails(api: ApiClient) -> None
     assert task["status"] == "failed"
     assert task["attempts"] == 2
     assert "time limit" in task["error"]["message"]
+
+
+async def test_a_retry_waits_in_exactly_one_delay_tier(fleet: Fleet) -> None:
+    """A headers-exchange binding on an `x-` header would match every message:
+    the retry would then wait in every tier and run once per tier."""
+    task = TaskMessage(task_id=new_task_id(), task_type="echo", retry_limit=1, created_at=utcnow())
+    tier = RETRY_TIERS[-1]
+    connection = await aio_pika.connect(fleet.environment.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+
+        async def depths() -> dict[str, int]:
+            return {t.queue: (await channel.declare_queue(t.queue, passive=True)).declaration_result.message_count
+                    for t in RETRY_TIERS}
+
+        before = await depths()
+        publisher = await Publisher.open(connection)
+        await publisher.retry(task, tier, headers={h.ATTEMPT: 2})
+        after = await depths()
+        assert {q: after[q] - before[q] for q in after} == {t.queue: int(t is tier) for t in RETRY_TIERS}
+        # Take it back out: nothing of this test is left for an hour.
+        queue = await channel.declare_queue(tier.queue, passive=True)
+        while (message := await queue.get(no_ack=False, fail=False)) is not None:
+            if task.task_id.encode() in message.body:
+                await message.ack()
+                break

@@ -3,7 +3,9 @@
 
 ATTEMPT = "x-tm-attempt"  # 1 for the first attempt of the current stage
 REDELIVERIES = "x-tm-redeliveries"  # times a worker died holding this message
-RETRY_TIER = "x-tm-retry-tier"  # picks the tm.retry.<tier> delay queue
+# Not "x-...": a headers exchange ignores x- headers when matching, so a binding on
+# one would match every message and a retry would wait in every tier at once.
+RETRY_TIER = "tm-retry-tier"  # picks the tm.retry.<tier> delay queue
 FIRST_FAILURE_AT = "x-tm-first-failure-at"
 LAST_FAILURE_AT = "x-tm-last-failure-at"
 LAST_ERROR = "x-tm-last-error"
