@@ -110,6 +110,9 @@ class Fleet:
         for process in order:
             process.stop()
 
+    def process(self, name: str) -> Process:
+        return next(p for p in self.processes if p.name == name)
+
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} ---\n{p.log_tail()}" for p in self.processes)
 
