@@ -16,7 +16,11 @@ from typing import Annotated
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-_ENV = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True)
+# env_ignore_empty: `KB_CALLBACK_URL=` (as docker-compose writes an unset
+# `${VAR:-}`) means "not set", not an empty URL.
+_ENV = SettingsConfigDict(
+    env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True, env_ignore_empty=True
+)
 
 
 class Environment(StrEnum):
