@@ -67,6 +67,11 @@ class Cancelled:
 Outcome = Succeeded | Failed | Cancelled
 Step = Callable[[], Awaitable[None]]
 
+# How long a worker keeps retrying the publishes of an outcome (the broker
+# refusing them) while still holding the delivery; RabbitMQ's consumer_timeout
+# must exceed the longest attempt plus this.
+OUTCOME_PUBLISH_MAX_SECONDS = 300
+
 
 class StageWorker:
     def __init__(
@@ -300,7 +305,7 @@ class StageWorker:
             return self._stopping
 
         retrying = backoff.on_exception(
-            backoff.expo, Unavailable, max_value=10, max_time=300, giveup=give_up, logger=None,
+            backoff.expo, Unavailable, max_value=10, max_time=OUTCOME_PUBLISH_MAX_SECONDS, giveup=give_up, logger=None,
             on_backoff=lambda d: logger.warning("publish refused ({}); retrying in {:.1f}s",
                                                 getattr(d.get("exception"), "message", "?"), d["wait"]),
         )(step)
