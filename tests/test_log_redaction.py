@@ -7,9 +7,16 @@ import sys
 
 import orjson
 from loguru import logger
+
 from shared.log_redaction import MASK, Redactor
 from shared.logging import TASK_FIELDS, configure_logging
-from shared.settings import AmqpSettings, CallbackSettings, PostgresSettings, ServiceSettings, Settings
+from shared.settings import (
+    AmqpSettings,
+    CallbackSettings,
+    PostgresSettings,
+    ServiceSettings,
+    Settings,
+)
 
 
 def test_configured_secrets_are_masked_wherever_they_appear() -> None:

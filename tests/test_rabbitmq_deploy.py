@@ -102,7 +102,7 @@ async def test_the_prometheus_endpoint_serves_every_rabbitmq_metric_the_dashboar
         async with session.get(f"{base}/metrics/detailed",
                                params=[("family", "queue_coarse_metrics"), ("family", "queue_consumer_count")]) as r:
             detailed = await r.text()
-    exposed = set(re.findall(r"^(rabbitmq_\w+)", aggregated + detailed, re.M))
+    exposed = set(re.findall(r"^(rabbitmq_\w+)", aggregated + detailed, re.MULTILINE))
     assert 'rabbitmq_detailed_queue_messages_ready{vhost="/",queue="tm.stage.default"}' in detailed
 
     used = set()

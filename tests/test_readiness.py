@@ -14,7 +14,7 @@ import aiohttp
 
 from tests.conftest import FleetFactory
 from tests.support.api import ApiClient
-from tests.support.fleet import Fleet, Process
+from tests.support.fleet import Process
 from tests.support.tcp_proxy import TcpProxy
 
 WAIT_SECONDS = 30

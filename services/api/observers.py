@@ -11,7 +11,14 @@ from aiohttp import web
 from services.api.queue_monitor import QueueMonitor
 from services.api.queue_stats import QueueStats
 from services.api.rabbitmq_management import ManagementApi
-from services.api.resources import CONNECTION, QUEUE_MONITOR, QUEUE_STATS, REGISTRY, SETTINGS, WORKER_REGISTRY
+from services.api.resources import (
+    CONNECTION,
+    QUEUE_MONITOR,
+    QUEUE_STATS,
+    REGISTRY,
+    SETTINGS,
+    WORKER_REGISTRY,
+)
 from services.api.worker_registry import WorkerRegistry
 from shared.health import metrics_handler
 from shared.topology import Topology

@@ -15,7 +15,7 @@ from services.api.queue_monitor import QueueFigures
 from shared.settings import AmqpSettings
 
 TIMEOUT_SECONDS = 2.0
-_COLUMNS = ",".join((
+_COLUMNS = ",".join((  # noqa: FLY002 - one column per line reads better
     "name", "messages_ready", "messages_unacknowledged", "consumers", "policy",
     "message_stats.publish_details.rate", "message_stats.deliver_get_details.rate",
     "message_stats.ack_details.rate",

@@ -9,7 +9,12 @@ import contextlib
 from collections.abc import Callable
 
 import backoff
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
 from loguru import logger
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 

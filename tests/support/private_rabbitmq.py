@@ -62,7 +62,7 @@ class PrivateRabbitMQ:
 
     def ctl(self, *args: str, timeout: float = 60) -> str:
         result = subprocess.run([str(RABBITMQ_BIN / "rabbitmqctl"), "-n", self.node, *args], env=self.env,
-                                capture_output=True, text=True, timeout=timeout)
+                                capture_output=True, text=True, timeout=timeout, check=False)
         if result.returncode != 0:
             raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr or result.stdout}")
         return result.stdout
