@@ -40,10 +40,19 @@ async def sample(processes: dict[str, psutil.Process], into: dict[str, Samples],
     while not stop.is_set():
         await asyncio.sleep(SAMPLE_SECONDS)
         for name, proc in processes.items():
+            if not proc.is_running():
+                raise RuntimeError(f"{name} exited during the measurement")
             # A worker's CPU-step children (pebble pool) count towards its pod.
-            tree = [proc, *proc.children(recursive=True)]
+            tree = [proc, *_children(proc)]
             into[name].rss_mib.append(sum(_rss(p) for p in tree) / 2**20)
             into[name].cpu_cores.append(proc.cpu_percent(None) / 100)
+
+
+def _children(proc: psutil.Process) -> list[psutil.Process]:
+    try:
+        return list(proc.children(recursive=True))
+    except psutil.NoSuchProcess:
+        return []
 
 
 def _rss(proc: psutil.Process) -> int:
@@ -125,8 +134,11 @@ async def main(tasks: int, pool: int, clients: int, task_type: str) -> None:
                   f"{max(lo.cpu_cores):>10.2f}")
     finally:
         stop.set()
-        fleet.stop()
-        await destroy_environment(env)
+        try:
+            fleet.stop()
+        finally:
+            await destroy_environment(env)
+            print(f"process logs: {fleet.log_dir}")
 
 
 if __name__ == "__main__":
