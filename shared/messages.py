@@ -168,6 +168,9 @@ class TaskCancelled(_TaskEvent):
 
 
 class WorkerHeartbeat(_Event):
+    """Sent every WORKER_HEARTBEAT_INTERVAL by each worker process; a last one
+    with `state="stopped"` on a graceful stop (a killed worker just goes quiet)."""
+
     kind: Literal["heartbeat"] = "heartbeat"
     worker_id: str
     host: str
@@ -178,6 +181,9 @@ class WorkerHeartbeat(_Event):
     processed: int
     failed: int
     started_at: datetime
+    # Listeners expire a worker after a few missed intervals of its own.
+    interval_seconds: float | None = Field(default=None, gt=0)
+    state: Literal["running", "draining", "stopped"] = "running"
 
     @property
     def routing_key(self) -> str:
@@ -215,6 +221,13 @@ def parse_task_event(body: bytes) -> TaskEvent:
         return _TASK_EVENT.validate_json(body)
     except ValidationError as exc:
         raise PoisonMessage(f"not a valid task event: {_first_error(exc)}") from exc
+
+
+def parse_heartbeat(body: bytes) -> WorkerHeartbeat:
+    try:
+        return WorkerHeartbeat.model_validate_json(body)
+    except ValidationError as exc:
+        raise PoisonMessage(f"not a valid worker heartbeat: {_first_error(exc)}") from exc
 
 
 # --- control ---------------------------------------------------------------------

@@ -13,7 +13,7 @@ from prometheus_client import Counter, Gauge, Histogram
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 
 # --- the seed's names -----------------------------------------------------------------
-task_queue_size = Gauge("task_queue_size", "Messages ready in a queue", ["queue"])
+task_queue_size = Gauge("task_queue_size", "Messages ready in a queue (sampled by the api)", ["queue"])
 task_processing_duration_seconds = Histogram(
     "task_processing_duration_seconds",
     "Time a worker spent on one attempt of one stage",
@@ -49,6 +49,10 @@ http_request_duration_seconds = Histogram(
     "API request latency",
     ["method", "route", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+task_queue_consumers = Gauge("task_queue_consumers", "Consumers attached to a queue (sampled by the api)", ["queue"])
+worker_processes_live = Gauge(
+    "worker_processes_live", "Worker processes heard from within a few heartbeat intervals (seen by the api)", ["stage"]
 )
 embedding_batch_duration_seconds = Histogram(
     "embedding_batch_duration_seconds",

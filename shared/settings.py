@@ -16,7 +16,11 @@ from typing import Annotated
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-_ENV = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True)
+# env_ignore_empty: `KB_CALLBACK_URL=` (as docker-compose writes an unset
+# `${VAR:-}`) means "not set", not an empty URL.
+_ENV = SettingsConfigDict(
+    env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True, env_ignore_empty=True
+)
 
 
 class Environment(StrEnum):
@@ -56,6 +60,18 @@ class AmqpSettings(BaseSettings):
     heartbeat_seconds: int = Field(default=30, alias="AMQP_HEARTBEAT", ge=0)
     # Stage queues refuse publishes past this depth (backpressure, not loss).
     stage_queue_max_length: int = Field(default=1_000_000, alias="STAGE_QUEUE_MAX_LENGTH", ge=1)
+    # The management HTTP API (e.g. http://user:pass@rabbitmq:15672), used by
+    # GET /api/v1/stats/queues for unacked counts and rates. Without user-info,
+    # the AMQP_URL credentials are used.
+    management_url: SecretStr | None = Field(default=None, alias="RABBITMQ_MANAGEMENT_URL")
+
+    @property
+    def vhost(self) -> str:
+        """The vhost named by AMQP_URL's path ("/" when it names none)."""
+        from urllib.parse import unquote, urlsplit
+
+        path = urlsplit(self.url.get_secret_value()).path
+        return unquote(path[1:]) if len(path) > 1 else "/"
 
     def connection_url(self) -> str:
         url = self.url.get_secret_value()
@@ -256,3 +272,14 @@ class Settings(BaseModel):
     @classmethod
     def from_env(cls) -> Settings:
         return cls()
+
+    def secret_values(self) -> list[str]:
+        """Every `SecretStr` setting's value, for masking in logs (shared.log_redaction)."""
+        found = []
+        for name in type(self).model_fields:
+            group = getattr(self, name)
+            for field_name in type(group).model_fields:
+                value = getattr(group, field_name)
+                if isinstance(value, SecretStr):
+                    found.append(value.get_secret_value())
+        return found

@@ -109,3 +109,8 @@ async def test_declaring_the_topology_removes_the_legacy_match_everything_bindin
         await publisher.retry(task, RETRY_TIERS[-1], headers={h.ATTEMPT: 2})
         after = await depths()
         assert {q: after[q] - before[q] for q in after} == {t.queue: int(t is RETRY_TIERS[-1]) for t in RETRY_TIERS}
+        parked = await channel.declare_queue(RETRY_TIERS[-1].queue, passive=True)
+        while (message := await parked.get(no_ack=False, fail=False)) is not None:
+            if task.task_id.encode() in message.body:
+                await message.ack()
+                break

@@ -150,3 +150,13 @@ def test_env_example_documents_every_setting_and_parses(tmp_path, monkeypatch) -
             monkeypatch.delenv(name)
     settings = Settings()
     assert settings.service.port == 8084 and settings.worker.worker_pool_size == 10
+
+
+def test_an_empty_variable_means_unset(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from shared.settings import CallbackSettings
+
+    monkeypatch.setenv("KB_CALLBACK_URL", "")
+    monkeypatch.setenv("CALLBACK_SECRET", "")
+    monkeypatch.setenv("CALLBACK_TIMEOUT", "")
+    settings = CallbackSettings()
+    assert settings.kb_callback_url is None and settings.callback_secret is None and settings.timeout_seconds == 15

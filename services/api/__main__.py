@@ -13,7 +13,7 @@ from shared.settings import Settings
 
 def main() -> None:
     settings = Settings.from_env()
-    configure_logging(settings.service, process="api")
+    configure_logging(settings.service, process="api", secrets=settings.secret_values())
     install_event_loop_policy()
     host, port = settings.service.http_host, settings.service.port
     if not settings.service.is_production:

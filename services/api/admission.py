@@ -102,6 +102,10 @@ class Admission:
         for (valid, _), result in zip(items, results, strict=True):
             if isinstance(result, Admitted) and result.created:
                 metrics.tasks_submitted_total.labels(valid.task_type.name, via).inc()
+                row = result.task
+                with logger.contextualize(task_id=str(row["id"]), kb_id=row["kb_id"], task_type=row["task_type"],
+                                          stage=row["stage"], attempt=row["attempts"]):
+                    logger.info("task accepted via {} (priority {})", via, row["priority"])
             elif isinstance(result, TaskManagerError):
                 metrics.tasks_rejected_total.labels(result.code, via).inc()
         return [r for r in results if r is not None]

@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from services.api.http import error_middleware
-from services.api.queue_monitor import QueueMonitor
+from services.api.observers import metrics_endpoint, queue_monitor_ctx, worker_registry_ctx
 from services.api.resources import (
     ADMISSION,
     CONNECTION,
@@ -24,16 +24,15 @@ from services.api.resources import (
     database_ctx,
 )
 from services.api.routes.dlq import routes as dlq_routes
+from services.api.routes.stats import routes as stats_routes
 from services.api.routes.tasks import routes as task_routes
 from services.api.submit_consumer import SubmitConsumer
 from shared import metrics
-from shared.health import health_routes, metrics_handler
+from shared.health import health_routes
 from shared.runtime import bounded
 from shared.settings import Settings
 from shared.task_request import RequestLimits
 from shared.task_types import TaskTypeRegistry, default_registry
-
-QUEUE_MONITOR = web.AppKey("queue_monitor", QueueMonitor)
 
 
 @web.middleware
@@ -60,14 +59,6 @@ async def submit_consumer_ctx(app: web.Application) -> AsyncIterator[None]:
     await bounded(channel.close(), "closing the tm.submit channel")
 
 
-async def queue_monitor_ctx(app: web.Application) -> AsyncIterator[None]:
-    monitor = QueueMonitor(app[CONNECTION], app[TOPOLOGY])
-    app[QUEUE_MONITOR] = monitor
-    monitor.start()
-    yield
-    await monitor.stop()
-
-
 def create_app(settings: Settings, registry: TaskTypeRegistry | None = None) -> web.Application:
     app = web.Application(
         client_max_size=settings.api.max_body_bytes,
@@ -80,10 +71,11 @@ def create_app(settings: Settings, registry: TaskTypeRegistry | None = None) -> 
         max_retry_limit=settings.api.max_retry_limit,
         max_timeout_seconds=settings.api.max_task_timeout_seconds,
     )
-    app.cleanup_ctx.extend([database_ctx, broker_ctx, submit_consumer_ctx, queue_monitor_ctx])
+    app.cleanup_ctx.extend([database_ctx, broker_ctx, submit_consumer_ctx, queue_monitor_ctx, worker_registry_ctx])
 
     checks = {"database": lambda: check_database(app), "broker": lambda: check_broker(app)}
-    app.add_routes([*health_routes(checks, process="api"), web.get("/metrics", metrics_handler)])
+    app.add_routes([*health_routes(checks, process="api"), web.get("/metrics", metrics_endpoint)])
     app.add_routes(task_routes)
     app.add_routes(dlq_routes)
+    app.add_routes(stats_routes)
     return app

@@ -140,10 +140,14 @@ class DeadLetterQueue:
 
 
 async def _scan(channel: AbstractChannel, *, limit: int | None):  # type: ignore[no-untyped-def]
-    """Yield (message, DeadLetter) for each message, fetched unacked, at most `limit`."""
+    """Yield (message, DeadLetter) for each message, fetched unacked, at most
+    `limit`, and never more than the queue held when the scan began: a replayed
+    task that dies again must not be met (and replayed) again in the same scan."""
     queue = await channel.declare_queue(DEAD_QUEUE, passive=True)
+    present = queue.declaration_result.message_count or 0
+    limit = present if limit is None else min(limit, present)
     seen = 0
-    while limit is None or seen < limit:
+    while seen < limit:
         message = await queue.get(no_ack=False, fail=False)
         if message is None:
             return

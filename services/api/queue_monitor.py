@@ -1,12 +1,15 @@
-"""Samples queue depths for `task_queue_size{queue}` with passive declares
-(no management plugin needed)."""
+"""Samples every queue of the topology with passive declares (no management
+plugin needed): `task_queue_size{queue}` and `task_queue_consumers{queue}`
+every few seconds, and on demand for GET /api/v1/stats/queues."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 
 from aio_pika.abc import AbstractRobustConnection
+from aio_pika.exceptions import ChannelNotFoundEntity
 from loguru import logger
 
 from shared import metrics
@@ -15,12 +18,29 @@ from shared.topology import Topology
 INTERVAL_SECONDS = 5.0
 
 
+@dataclass(frozen=True)
+class QueueFigures:
+    """What is known about one queue; None where the source cannot tell
+    (AMQP gives ready messages and consumers; the management API gives the rest)."""
+
+    ready: int | None = None
+    unacked: int | None = None
+    consumers: int | None = None
+    publish_rate: float | None = None
+    deliver_rate: float | None = None
+    ack_rate: float | None = None
+    policy: str | None = None
+
+
 class QueueMonitor:
     def __init__(self, connection: AbstractRobustConnection, topology: Topology) -> None:
         self._connection = connection
         self._topology = topology
         self._task: asyncio.Task[None] | None = None
-        self.depths: dict[str, dict[str, int]] = {}
+
+    @property
+    def topology(self) -> Topology:
+        return self._topology
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="queue-monitor")
@@ -31,19 +51,27 @@ class QueueMonitor:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def sample(self) -> dict[str, dict[str, int]]:
-        channel = await self._connection.channel()
+    async def sample(self) -> dict[str, QueueFigures]:
+        """Ready messages and consumers of every queue that exists (a missing
+        one is left out); raises when the broker cannot answer."""
+        figures = {}
+        channel = await self._connection.channel(publisher_confirms=False)
         try:
-            depths = {}
             for spec in self._topology.queues:
-                queue = await channel.declare_queue(spec.name, passive=True)
-                result = queue.declaration_result
-                depths[spec.name] = {"ready": result.message_count or 0, "consumers": result.consumer_count or 0}
-                metrics.task_queue_size.labels(spec.name).set(depths[spec.name]["ready"])
-            self.depths = depths
-            return depths
+                try:
+                    result = (await channel.declare_queue(spec.name, passive=True)).declaration_result
+                except ChannelNotFoundEntity:
+                    # The broker closes the channel on a missing queue: carry on with a new one.
+                    channel = await self._connection.channel(publisher_confirms=False)
+                    continue
+                figures[spec.name] = QueueFigures(ready=result.message_count or 0,
+                                                  consumers=result.consumer_count or 0)
+                metrics.task_queue_size.labels(spec.name).set(result.message_count or 0)
+                metrics.task_queue_consumers.labels(spec.name).set(result.consumer_count or 0)
+            return figures
         finally:
-            await channel.close()
+            with contextlib.suppress(Exception):
+                await channel.close()
 
     async def _run(self) -> None:
         while True:

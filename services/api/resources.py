@@ -13,8 +13,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.api.admission import Admission
 from services.api.dead_letters import DeadLetterQueue
+from services.api.queue_monitor import QueueMonitor
+from services.api.queue_stats import QueueStats
+from services.api.worker_registry import WorkerRegistry
 from shared.amqp.connection import connect
 from shared.amqp.publisher import Publisher
+from shared.amqp.readiness import BrokerReadiness
 from shared.db.engine import create_engine
 from shared.runtime import bounded
 from shared.settings import Settings
@@ -31,6 +35,10 @@ ADMISSION = web.AppKey("admission", Admission)
 LIMITS = web.AppKey("request_limits", RequestLimits)
 DEAD_LETTERS = web.AppKey("dead_letters", DeadLetterQueue)
 TOPOLOGY = web.AppKey("topology", Topology)
+BROKER_READINESS = web.AppKey("broker_readiness", BrokerReadiness)
+QUEUE_MONITOR = web.AppKey("queue_monitor", QueueMonitor)
+QUEUE_STATS = web.AppKey("queue_stats", QueueStats)
+WORKER_REGISTRY = web.AppKey("worker_registry", WorkerRegistry)
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -51,6 +59,7 @@ async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
     redeclare_on_reconnect(connection, topology)
     app[TOPOLOGY] = topology
     app[CONNECTION] = connection
+    app[BROKER_READINESS] = BrokerReadiness(connection)
     app[PUBLISHER] = await Publisher.open(connection, timeout=5.0)
     app[ADMISSION] = Admission(
         app[ENGINE],
@@ -69,6 +78,4 @@ async def check_database(app: web.Application) -> None:
 
 
 async def check_broker(app: web.Application) -> None:
-    connection = app[CONNECTION]
-    if connection.is_closed or not connection.connected.is_set():
-        raise ConnectionError("not connected to RabbitMQ")
+    await app[BROKER_READINESS]()

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
     settings = Settings.from_env()
-    configure_logging(settings.service, process="taskmgr")
+    configure_logging(settings.service, process="taskmgr", secrets=settings.secret_values())
     try:
         code = args.func(args, settings)
     except ApiError as exc:

@@ -12,7 +12,7 @@ from shared.settings import Settings
 
 def main() -> None:
     settings = Settings.from_env()
-    configure_logging(settings.service, process="dispatcher")
+    configure_logging(settings.service, process="dispatcher", secrets=settings.secret_values())
     install_event_loop_policy()
     asyncio.run(run_dispatcher(settings))
 

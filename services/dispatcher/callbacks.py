@@ -42,7 +42,8 @@ FROM (
 ) AS due, tasks AS t
 WHERE c.task_id = due.task_id AND c.run = due.run AND t.id = c.task_id
 RETURNING CAST(c.task_id AS text) AS task_id, c.run, c.url, c.attempts,
-          t.kb_id, t.task_type, t.status, t.result, t.error, t.finished_at
+          t.kb_id, t.task_type, t.status, t.result, t.error, t.finished_at,
+          t.stage, t.attempts AS task_attempts
 """)
 
 _DELIVERED = text("""
@@ -69,6 +70,8 @@ class DueCallback:
     url: str
     attempts: int
     body: bytes
+    # What log lines about this callback carry (shared.logging.TASK_FIELDS).
+    log_fields: Mapping[str, Any]
 
 
 class CallbackSender:
@@ -120,9 +123,19 @@ class CallbackSender:
         lease = self._settings.timeout_seconds + 30
         async with self._engine.begin() as conn:
             rows = (await conn.execute(_CLAIM, {"limit": limit, "lease": lease})).all()
-        return [DueCallback(r.task_id, r.run, r.url, r.attempts, _body(r._mapping)) for r in rows]
+        return [
+            DueCallback(r.task_id, r.run, r.url, r.attempts, _body(r._mapping), {
+                "task_id": r.task_id, "kb_id": r.kb_id, "task_type": r.task_type, "stage": r.stage,
+                "attempt": r.task_attempts,
+            })
+            for r in rows
+        ]
 
     async def _deliver(self, callback: DueCallback) -> None:
+        with logger.contextualize(**callback.log_fields):
+            await self._deliver_once(callback)
+
+    async def _deliver_once(self, callback: DueCallback) -> None:
         msg_id = f"msg_{callback.task_id.replace('-', '')}_{callback.run}"
         headers = {"Content-Type": "application/json", **sign(self._secrets, msg_id, callback.body)}
         status_code: int | None = None
@@ -149,6 +162,7 @@ class CallbackSender:
                 if error is None:
                     await conn.execute(_DELIVERED, params)
                     metrics.callback_attempts_total.labels("delivered").inc()
+                    logger.info("callback delivered to {} (HTTP {})", callback.url, status_code)
                     return
                 delay = self._delay_seconds(callback.attempts + 1)
                 state = (await conn.execute(_FAILED_ATTEMPT, {

@@ -9,7 +9,12 @@ import contextlib
 from collections.abc import Callable
 
 import backoff
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
 from loguru import logger
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
@@ -19,7 +24,7 @@ from shared import metrics
 from shared.amqp.dead_letter import dead_letter_headers
 from shared.amqp.publisher import Publisher
 from shared.errors import PoisonMessage, Unavailable
-from shared.messages import CancelTask, TaskEvent, parse_task_event, utcnow
+from shared.messages import EVENT_STATUS, CancelTask, TaskEvent, parse_task_event, utcnow
 from shared.runtime import bounded
 from shared.settings import DispatcherSettings
 from shared.status import TaskStatus
@@ -140,7 +145,12 @@ class EventConsumer:
         metrics.dispatcher_batch_size.observe(len(events))
         for event in events:
             metrics.dispatcher_event_lag_seconds.observe(max(0.0, (now - event.at).total_seconds()))
+        terminal = {e.task_id: e for e in events if EVENT_STATUS[e.kind].is_terminal}
         for task in ended:
+            event = terminal.get(task.task_id)
+            with logger.contextualize(task_id=task.task_id, kb_id=event and event.kb_id, task_type=task.task_type,
+                                      stage=event and event.stage, attempt=event and event.attempt):
+                logger.info("task {} (state committed)", task.status.value)
             if task.status is TaskStatus.COMPLETED:
                 metrics.task_success_total.labels(task.task_type).inc()
             elif task.status is TaskStatus.FAILED:

@@ -15,6 +15,7 @@ from services.dispatcher.rpc import DispatcherRpc
 from services.dispatcher.state_writer import TaskStateWriter
 from shared.amqp.connection import connect
 from shared.amqp.publisher import Publisher
+from shared.amqp.readiness import BrokerReadiness
 from shared.db.engine import create_engine
 from shared.health import start_ops_server
 from shared.runtime import bounded, on_shutdown_signal
@@ -48,14 +49,10 @@ async def run_dispatcher(settings: Settings, registry: TaskTypeRegistry | None =
         async with engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
-    async def broker_ready() -> None:
-        if connection.is_closed or not connection.connected.is_set():
-            raise ConnectionError("not connected to RabbitMQ")
-
     ops = await start_ops_server(
         settings.service.http_host,
         settings.service.metrics_port,
-        {"database": database_ready, "broker": broker_ready},
+        {"database": database_ready, "broker": BrokerReadiness(connection)},
         process="dispatcher",
     )
     stop = asyncio.Event()

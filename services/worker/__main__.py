@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stage", default="default", choices=known_stages(), help="the stage this process runs")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
-    configure_logging(settings.service, process=f"worker:{args.stage}")
+    configure_logging(settings.service, process=f"worker:{args.stage}", secrets=settings.secret_values())
     install_event_loop_policy()
     asyncio.run(run_worker(settings, args.stage))
 

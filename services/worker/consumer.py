@@ -68,6 +68,11 @@ class Cancelled:
 Outcome = Succeeded | Failed | Cancelled
 Step = Callable[[], Awaitable[None]]
 
+# How long a worker keeps retrying the publishes of an outcome (the broker
+# refusing them) while still holding the delivery; RabbitMQ's consumer_timeout
+# must exceed the longest attempt plus this.
+OUTCOME_PUBLISH_MAX_SECONDS = 300
+
 
 class StageWorker:
     def __init__(
@@ -106,6 +111,21 @@ class StageWorker:
     @property
     def active(self) -> int:
         return len(self._inflight)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    async def check_consuming(self) -> None:
+        """Readiness: this worker takes deliveries from its stage queue."""
+        if self._stopping:
+            raise RuntimeError("shutting down: no longer consuming")
+        if self._channel is None or self._channel.is_closed or self._consumer_tag is None:
+            raise RuntimeError(f"not consuming {stage_queue(self.stage)}")
+        # An open channel is not enough: after a reconnect the consumer must be back on it.
+        underlay = await self._channel.get_underlay_channel()
+        if self._consumer_tag not in underlay.consumers:
+            raise RuntimeError(f"not consuming {stage_queue(self.stage)} (consumer not restored)")
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -209,9 +229,12 @@ class StageWorker:
         if isinstance(outcome, Succeeded):
             self._estimator.observe(task.task_type, self.stage, elapsed)
             self.processed += 1
+            logger.info("attempt succeeded in {:.3f}s", elapsed)
         elif isinstance(outcome, Failed):
             self.failed += 1
             logger.info("attempt failed after {:.3f}s: {}", elapsed, outcome.error.message)
+        else:
+            logger.info("attempt cancelled after {:.3f}s", elapsed)
         return outcome, ctx
 
     # --- outcomes ----------------------------------------------------------------------
@@ -279,7 +302,7 @@ class StageWorker:
             return self._stopping
 
         retrying = backoff.on_exception(
-            backoff.expo, Unavailable, max_value=10, max_time=300, giveup=give_up, logger=None,
+            backoff.expo, Unavailable, max_value=10, max_time=OUTCOME_PUBLISH_MAX_SECONDS, giveup=give_up, logger=None,
             on_backoff=lambda d: logger.warning("publish refused ({}); retrying in {:.1f}s",
                                                 getattr(d.get("exception"), "message", "?"), d["wait"]),
         )(step)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import socket
+from typing import Literal
 
 from loguru import logger
 
@@ -13,6 +14,8 @@ from services.worker.consumer import StageWorker
 from shared.amqp.publisher import Publisher
 from shared.errors import Unavailable
 from shared.messages import WorkerHeartbeat, utcnow
+
+HeartbeatState = Literal["running", "draining", "stopped"]
 
 
 class Heartbeat:
@@ -27,17 +30,24 @@ class Heartbeat:
         self._task = asyncio.create_task(self._run(), name="heartbeat")
 
     async def stop(self) -> None:
+        """Stop beating and say goodbye, so listeners drop this worker at once
+        instead of after a few missed intervals."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        try:
+            await self._publisher.heartbeat(self.snapshot(state="stopped"))
+        except Unavailable as exc:
+            logger.debug("last heartbeat not sent: {}", exc.message)
 
-    def snapshot(self) -> WorkerHeartbeat:
+    def snapshot(self, state: HeartbeatState | None = None) -> WorkerHeartbeat:
         worker = self._worker
         return WorkerHeartbeat(
             worker_id=worker.worker_id, host=socket.gethostname(), pid=os.getpid(), stage=worker.stage,
             pool_size=worker.pool_size, active=worker.active, processed=worker.processed, failed=worker.failed,
-            started_at=self._started_at,
+            started_at=self._started_at, interval_seconds=self._interval,
+            state=state or ("draining" if worker.stopping else "running"),
         )
 
     async def _run(self) -> None:

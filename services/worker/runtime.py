@@ -17,6 +17,7 @@ from services.worker.retry_policy import RetryPolicy
 from services.worker.stages import StageResources, build_stage
 from shared.amqp.connection import connect
 from shared.amqp.publisher import Publisher
+from shared.amqp.readiness import BrokerReadiness
 from shared.health import start_ops_server
 from shared.runtime import bounded, on_shutdown_signal
 from shared.settings import Settings
@@ -57,12 +58,11 @@ async def run_worker(settings: Settings, stage: str, registry: TaskTypeRegistry 
     )
     heartbeat = Heartbeat(worker, publisher, settings.worker.heartbeat_interval_seconds)
 
-    async def broker_ready() -> None:
-        if connection.is_closed or not connection.connected.is_set():
-            raise ConnectionError("not connected to RabbitMQ")
-
     ops = await start_ops_server(
-        settings.service.http_host, settings.service.metrics_port, {"broker": broker_ready}, process=worker_id
+        settings.service.http_host,
+        settings.service.metrics_port,
+        {"broker": BrokerReadiness(connection), "consumer": worker.check_consuming},
+        process=worker_id,
     )
     stop = asyncio.Event()
     on_shutdown_signal(stop.set)

@@ -154,7 +154,10 @@ async def ensure_database(settings: PostgresSettings, database: str | None = Non
         exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
         if exists:
             return False
-        await conn.execute(f'CREATE DATABASE "{_identifier(name)}"')
+        try:
+            await conn.execute(f'CREATE DATABASE "{_identifier(name)}"')
+        except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+            return False  # another replica created it meanwhile
         return True
     finally:
         await conn.close()

@@ -113,6 +113,9 @@ class Fleet:
             if time.monotonic() - started > 5:
                 print(f"slow stop: {process.name} took {time.monotonic() - started:.1f}s\n{process.log_tail(15)}")
 
+    def process(self, name: str) -> Process:
+        return next(p for p in self.processes if p.name == name)
+
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} ---\n{p.log_tail()}" for p in self.processes)
 

@@ -12,10 +12,15 @@ from shared.db.models import metadata
 
 config = context.config
 
+# Several replicas may migrate as they start (Kubernetes init containers): one at
+# a time, each seeing what the one before it committed. Held until the commit.
+MIGRATION_LOCK_KEY = 0x746D5F6D69677261  # "tm_migra"
+
 
 def _run(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=metadata, compare_type=True)
     with context.begin_transaction():
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
         context.run_migrations()
 
 

@@ -1,0 +1,48 @@
+# syntax=docker/dockerfile:1
+# One image for every process of the KB task manager; the command picks it:
+#   python -m services.api | python -m services.worker --stage <stage> | python -m services.dispatcher
+#   taskmgr migrate (one-off)
+# Build: docker build -t kb-task-manager .
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# --- stage 1: build wheels for the project and every dependency ---------------------
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+# A compiler only for dependencies without a wheel for this platform; it stays in this stage.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends build-essential \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY shared ./shared
+COPY services ./services
+RUN pip wheel --wheel-dir /wheels . \
+ # The bundled PostgreSQL (pgserver) is for laptops without POSTGRES_HOST; a
+ # container always points at a real server, so it stays out of the image.
+ && rm -f /wheels/pgserver-*.whl
+
+# --- stage 2: the runtime, wheels only, no compiler, not root -----------------------
+FROM ${PYTHON_IMAGE} AS runtime
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    ENVIRONMENT=production \
+    PORT=8084 \
+    METRICS_PORT=9100 \
+    UPLOAD_ROOTS=/data/uploads
+# The wheels were resolved together in the build stage: install exactly those.
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    pip install --no-index --no-deps /wheels/*.whl \
+ && groupadd --system --gid 10001 taskmgr \
+ && useradd --system --uid 10001 --gid taskmgr --home-dir /app --shell /usr/sbin/nologin taskmgr \
+ && mkdir -p /app /data/uploads \
+ && chown taskmgr:taskmgr /app /data/uploads
+WORKDIR /app
+USER 10001:10001
+EXPOSE 8084 9100
+# No HEALTHCHECK here: the port depends on the process (PORT for the api,
+# METRICS_PORT for the others), so docker-compose and Kubernetes probe
+# /health/live and /health/ready per service.
+CMD ["python", "-m", "services.api"]
