@@ -150,6 +150,11 @@ def _fingerprint(request: TaskRequest) -> str:
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+def field_errors(exc: ValidationError, prefix: str | None = None) -> list[FieldError]:
+    """pydantic's errors as FieldErrors (`payload.seconds: ...`), for any model validated at an edge."""
+    return _field_errors(exc, prefix)
+
+
 def _field_errors(exc: ValidationError, prefix: str | None = None) -> list[FieldError]:
     out = []
     for err in exc.errors(include_url=False):

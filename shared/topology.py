@@ -170,6 +170,16 @@ async def declare_topology(channel: AbstractChannel, topology: Topology) -> None
             )
 
 
+async def prepare_topology(channel: AbstractChannel, topology: Topology, *, declare: bool) -> None:
+    """Declare the topology, or (AMQP_DECLARE_TOPOLOGY=false, least-privilege users
+    without `configure` permission) only check that it exists: passive declares
+    need no permission."""
+    if declare:
+        await declare_topology(channel, topology)
+    else:
+        await verify_topology(channel, topology)
+
+
 async def verify_topology(channel: AbstractChannel, topology: Topology) -> dict[str, int]:
     """Passively declare every queue; answers ready-message counts by queue name.
 

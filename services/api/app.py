@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 
+from services.api.auth import auth_middleware
 from services.api.http import error_middleware
 from services.api.queue_monitor import QueueMonitor
+from services.api.rate_limit import RATE_LIMITS, RateLimits, TokenBuckets
 from services.api.resources import (
     ADMISSION,
+    CHECKS,
     CONNECTION,
+    ENGINE,
     LIMITS,
     PUBLISHER,
     REGISTRY,
@@ -23,8 +28,11 @@ from services.api.resources import (
     database_ctx,
 )
 from services.api.routes.dlq import routes as dlq_routes
+from services.api.routes.docs import routes as docs_routes
 from services.api.routes.tasks import routes as task_routes
+from services.api.routes.uploads import routes as upload_routes
 from services.api.submit_consumer import SubmitConsumer
+from services.api.upload_retention import UploadSweeper, store_root_ready
 from shared import metrics
 from shared.health import health_routes, metrics_handler
 from shared.settings import Settings
@@ -53,7 +61,7 @@ async def metrics_middleware(request: web.Request, handler: Any) -> web.StreamRe
 
 async def submit_consumer_ctx(app: web.Application) -> AsyncIterator[None]:
     channel = await app[CONNECTION].channel()
-    consumer = SubmitConsumer(channel, app[ADMISSION], app[PUBLISHER], app[REGISTRY], app[LIMITS])
+    consumer = SubmitConsumer(channel, app[ADMISSION], app[PUBLISHER], app[REGISTRY], app[LIMITS], app[CHECKS])
     await consumer.start()
     yield
     await channel.close()
@@ -68,20 +76,36 @@ async def queue_monitor_ctx(app: web.Application) -> AsyncIterator[None]:
     await monitor.stop()
 
 
+async def upload_sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    await asyncio.to_thread(store_root_ready, settings.files.upload_store_root)
+    sweeper = UploadSweeper(app[ENGINE], settings.files)
+    sweeper.start()
+    yield
+    await sweeper.stop()
+
+
 def create_app(settings: Settings, registry: TaskTypeRegistry | None = None) -> web.Application:
     app = web.Application(
         client_max_size=settings.api.max_body_bytes,
-        middlewares=[metrics_middleware, error_middleware],
+        # Errors outside auth so refusals get the same JSON shape; auth before any handler.
+        middlewares=[metrics_middleware, error_middleware, auth_middleware()],
     )
     app[SETTINGS] = settings
     app[REGISTRY] = registry or default_registry()
     app[LIMITS] = RequestLimits(
         default_retry_limit=settings.retry.max_retry_attempts, max_retry_limit=settings.api.max_retry_limit
     )
-    app.cleanup_ctx.extend([database_ctx, broker_ctx, submit_consumer_ctx, queue_monitor_ctx])
+    app[RATE_LIMITS] = RateLimits(
+        per_key=TokenBuckets(settings.auth.rate_limit_per_second, settings.auth.rate_limit_burst),
+        per_kb=TokenBuckets(settings.auth.kb_rate_limit_per_second, settings.auth.kb_rate_limit_burst),
+    )
+    app.cleanup_ctx.extend([database_ctx, broker_ctx, submit_consumer_ctx, queue_monitor_ctx, upload_sweeper_ctx])
 
     checks = {"database": lambda: check_database(app), "broker": lambda: check_broker(app)}
     app.add_routes([*health_routes(checks, process="api"), web.get("/metrics", metrics_handler)])
     app.add_routes(task_routes)
+    app.add_routes(upload_routes)
     app.add_routes(dlq_routes)
+    app.add_routes(docs_routes)
     return app

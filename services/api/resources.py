@@ -12,14 +12,19 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.api.admission import Admission
+from services.api.auth import AUTHENTICATOR, Authenticator
 from services.api.dead_letters import DeadLetterQueue
+from services.api.submission_checks import SubmissionChecks
 from shared.amqp.connection import connect
 from shared.amqp.publisher import Publisher
 from shared.db.engine import create_engine
 from shared.settings import Settings
 from shared.task_request import RequestLimits
 from shared.task_types import TaskTypeRegistry
-from shared.topology import Topology, declare_topology
+from shared.security.api_key_store import ApiKeyStore
+from shared.security.callback_policy import CallbackPolicy
+from shared.topology import Topology, prepare_topology
+from shared.uploads import UploadStore
 
 SETTINGS = web.AppKey("settings", Settings)
 REGISTRY = web.AppKey("registry", TaskTypeRegistry)
@@ -29,12 +34,29 @@ PUBLISHER = web.AppKey("publisher", Publisher)
 ADMISSION = web.AppKey("admission", Admission)
 LIMITS = web.AppKey("request_limits", RequestLimits)
 DEAD_LETTERS = web.AppKey("dead_letters", DeadLetterQueue)
+CHECKS = web.AppKey("submission_checks", SubmissionChecks)
+UPLOAD_STORE = web.AppKey("upload_store", UploadStore)
+
+
+class StartupRefused(RuntimeError):
+    """Configuration the api will not run with (see shared/security/startup_checks.py)."""
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     app[ENGINE] = create_engine(settings.postgres)
     logger.info("task state in PostgreSQL at {}", settings.postgres.describe())
+    store = ApiKeyStore(app[ENGINE])
+    await _check_key_source(settings, store)
+    app[AUTHENTICATOR] = Authenticator(
+        store,
+        required=settings.auth_required,
+        cache_seconds=settings.auth.api_key_cache_seconds,
+        metrics_token=settings.auth.metrics_token.get_secret_value() if settings.auth.metrics_token else None,
+    )
+    policy = CallbackPolicy.from_settings(settings.callbacks, settings.service.environment)
+    app[CHECKS] = SubmissionChecks(app[ENGINE], policy, settings.files.upload_roots)
+    app[UPLOAD_STORE] = UploadStore(settings.files.upload_store_root)
     yield
     await app[ENGINE].dispose()
 
@@ -43,7 +65,8 @@ async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     connection = await connect(settings.amqp, name="api")
     channel = await connection.channel()
-    await declare_topology(channel, Topology(app[REGISTRY].stages(), settings.amqp.stage_queue_max_length))
+    topology = Topology(app[REGISTRY].stages(), settings.amqp.stage_queue_max_length)
+    await prepare_topology(channel, topology, declare=settings.amqp.declare_topology)
     await channel.close()
     app[CONNECTION] = connection
     app[PUBLISHER] = await Publisher.open(connection, timeout=5.0)
@@ -67,3 +90,20 @@ async def check_broker(app: web.Application) -> None:
     connection = app[CONNECTION]
     if connection.is_closed or not connection.connected.is_set():
         raise ConnectionError("not connected to RabbitMQ")
+
+
+async def _check_key_source(settings: Settings, store: ApiKeyStore) -> None:
+    """Production with auth (always, see startup checks) needs a key to exist:
+    otherwise nobody could call it, and that is a misconfiguration."""
+    if not settings.auth_required:
+        logger.warning("AUTH_REQUIRED is off: every caller is trusted (development only; the api listens on {})",
+                       settings.service.http_host)
+        return
+    active = await store.count_active()
+    if active:
+        logger.info("API keys required; {} active key(s)", active)
+    elif settings.service.is_production:
+        raise StartupRefused("AUTH_REQUIRED in production but no active API key exists; "
+                             "create one with `taskmgr keys create --name NAME --scopes tasks:read,tasks:write`")
+    else:
+        logger.warning("AUTH_REQUIRED is on but no active API key exists: every call will get 401")

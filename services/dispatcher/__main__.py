@@ -6,6 +6,7 @@ import asyncio
 
 from services.dispatcher.runtime import run_dispatcher
 from shared.logging import configure_logging
+from shared.security.startup_checks import enforce
 from shared.runtime import install_event_loop_policy
 from shared.settings import Settings
 
@@ -13,6 +14,7 @@ from shared.settings import Settings
 def main() -> None:
     settings = Settings.from_env()
     configure_logging(settings.service, process="dispatcher")
+    enforce(settings, "dispatcher")
     install_event_loop_policy()
     asyncio.run(run_dispatcher(settings))
 

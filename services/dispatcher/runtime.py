@@ -18,9 +18,10 @@ from shared.amqp.publisher import Publisher
 from shared.db.engine import create_engine
 from shared.health import start_ops_server
 from shared.runtime import on_shutdown_signal
+from shared.security.callback_policy import CallbackPolicy, guarded_connector
 from shared.settings import Settings
 from shared.task_types import TaskTypeRegistry, default_registry
-from shared.topology import Topology, declare_topology
+from shared.topology import Topology, prepare_topology
 
 
 async def run_dispatcher(settings: Settings, registry: TaskTypeRegistry | None = None) -> None:
@@ -29,12 +30,15 @@ async def run_dispatcher(settings: Settings, registry: TaskTypeRegistry | None =
     logger.info("task state in PostgreSQL at {}", settings.postgres.describe())
     connection = await connect(settings.amqp, name="dispatcher")
     channel = await connection.channel()
-    await declare_topology(channel, Topology(registry.stages(), settings.amqp.stage_queue_max_length))
+    await prepare_topology(channel, Topology(registry.stages(), settings.amqp.stage_queue_max_length),
+                           declare=settings.amqp.declare_topology)
     await channel.close()
     publisher = await Publisher.open(connection)
-    session = aiohttp.ClientSession()
+    policy = CallbackPolicy.from_settings(settings.callbacks, settings.service.environment)
+    # trust_env off: no proxy from the environment; the guarded connector is the only way out.
+    session = aiohttp.ClientSession(connector=guarded_connector(policy), trust_env=False)
 
-    callbacks = CallbackSender(engine, settings.callbacks, session)
+    callbacks = CallbackSender(engine, settings.callbacks, session, policy)
     consumer = EventConsumer(
         TaskStateWriter(engine, default_callback_url=settings.callbacks.kb_callback_url),
         publisher,
@@ -55,6 +59,7 @@ async def run_dispatcher(settings: Settings, registry: TaskTypeRegistry | None =
         settings.service.metrics_port,
         {"database": database_ready, "broker": broker_ready},
         process="dispatcher",
+        metrics_token=settings.auth.metrics_token.get_secret_value() if settings.auth.metrics_token else None,
     )
     stop = asyncio.Event()
     on_shutdown_signal(stop.set)

@@ -8,6 +8,7 @@ import asyncio
 from services.worker.runtime import run_worker
 from services.worker.stages import known_stages
 from shared.logging import configure_logging
+from shared.security.startup_checks import enforce
 from shared.runtime import install_event_loop_policy
 from shared.settings import Settings
 
@@ -18,6 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     configure_logging(settings.service, process=f"worker:{args.stage}")
+    enforce(settings, "worker")
     install_event_loop_policy()
     asyncio.run(run_worker(settings, args.stage))
 

@@ -34,6 +34,7 @@ from shared import metrics
 from shared.amqp import headers as h
 from shared.amqp.dead_letter import dead_letter_headers
 from shared.amqp.publisher import Publisher
+from shared.task_files import TaskFiles
 from shared.errors import PoisonMessage, TaskError, Unavailable
 from shared.messages import (
     ErrorInfo,
@@ -81,8 +82,10 @@ class StageWorker:
         retry_settings: RetrySettings,
         worker_id: str,
         cpu: CpuPool,
+        files: TaskFiles,
     ) -> None:
         self.stage = stage
+        self._files = files
         self.worker_id = worker_id
         self.pool_size = worker_settings.worker_pool_size
         self.processed = 0
@@ -180,7 +183,8 @@ class StageWorker:
 
     async def _attempt(self, task: TaskMessage, attempt: int) -> tuple[Outcome, AttemptContext]:
         ctx = AttemptContext(
-            task, attempt, events=self._publisher, estimator=self._estimator, worker_id=self.worker_id, cpu=self._cpu
+            task, attempt, events=self._publisher, estimator=self._estimator, worker_id=self.worker_id, cpu=self._cpu,
+            files=self._files,
         )
         timeout = task.timeout_seconds or self._settings.task_timeout
         loop = asyncio.get_running_loop()

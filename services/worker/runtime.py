@@ -20,8 +20,9 @@ from shared.amqp.publisher import Publisher
 from shared.health import start_ops_server
 from shared.runtime import on_shutdown_signal
 from shared.settings import Settings
+from shared.task_files import TaskFiles
 from shared.task_types import TaskTypeRegistry, default_registry
-from shared.topology import Topology, declare_topology
+from shared.topology import Topology, prepare_topology
 
 # How long a starting worker waits to learn which tasks were cancelled meanwhile.
 CANCEL_SYNC_WAIT_SECONDS = 2.0
@@ -34,7 +35,8 @@ async def run_worker(settings: Settings, stage: str, registry: TaskTypeRegistry 
 
     connection = await connect(settings.amqp, name=f"worker-{stage}")
     channel = await connection.channel()
-    await declare_topology(channel, Topology(registry.stages(), settings.amqp.stage_queue_max_length))
+    await prepare_topology(channel, Topology(registry.stages(), settings.amqp.stage_queue_max_length),
+                           declare=settings.amqp.declare_topology)
     await channel.close()
     publisher = await Publisher.open(connection)
 
@@ -52,6 +54,7 @@ async def run_worker(settings: Settings, stage: str, registry: TaskTypeRegistry 
         retry_settings=settings.retry,
         worker_id=worker_id,
         cpu=cpu,
+        files=TaskFiles.from_settings(settings.files),
     )
     heartbeat = Heartbeat(worker, publisher, settings.worker.heartbeat_interval_seconds)
 
@@ -60,7 +63,8 @@ async def run_worker(settings: Settings, stage: str, registry: TaskTypeRegistry 
             raise ConnectionError("not connected to RabbitMQ")
 
     ops = await start_ops_server(
-        settings.service.http_host, settings.service.metrics_port, {"broker": broker_ready}, process=worker_id
+        settings.service.http_host, settings.service.metrics_port, {"broker": broker_ready}, process=worker_id,
+        metrics_token=settings.auth.metrics_token.get_secret_value() if settings.auth.metrics_token else None,
     )
     stop = asyncio.Event()
     on_shutdown_signal(stop.set)
