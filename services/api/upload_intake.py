@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import puremagic
 from aiohttp import BodyPartReader
@@ -109,6 +110,7 @@ def clean_filename(name: str | None) -> str | None:
     no control characters, at most 255 characters."""
     if not name:
         return None
-    name = unicodedata.normalize("NFC", name).replace("\\", "/").rsplit("/", 1)[-1]
+    # Clients may percent-encode (RFC 7578); decode first so "%2F" cannot smuggle a separator.
+    name = unicodedata.normalize("NFC", unquote(name)).replace("\\", "/").rsplit("/", 1)[-1]
     name = _UNSAFE.sub("_", name).strip(" .")
     return name[:255] or None
