@@ -17,17 +17,21 @@ from tests.support.api import ApiClient
 from tests.support.fleet import Fleet
 
 
-def _form(kb_id: str | None, content: bytes | None, filename: str = "doc.txt") -> aiohttp.FormData:
+def _form(content: bytes | None, filename: str = "doc.txt") -> aiohttp.FormData:
     form = aiohttp.FormData(default_to_multipart=True)
-    if kb_id is not None:
-        form.add_field("kb_id", kb_id)
     if content is not None:
         form.add_field("file", content, filename=filename, content_type="application/octet-stream")
+    else:
+        form.add_field("note", "no file here")
     return form
 
 
+def _path(kb_id: str | None) -> str:
+    return "/api/v1/uploads" + (f"?kb_id={kb_id}" if kb_id is not None else "")
+
+
 async def _upload(api: ApiClient, kb_id: str, content: bytes, filename: str = "doc.txt") -> tuple[int, dict]:  # type: ignore[type-arg]
-    return await api.call("POST", "/api/v1/uploads", data=_form(kb_id, content, filename))  # type: ignore[return-value]
+    return await api.call("POST", _path(kb_id), data=_form(content, filename))  # type: ignore[return-value]
 
 
 def _roots(fleet: Fleet) -> Path:
@@ -79,15 +83,14 @@ async def test_an_upload_is_streamed_hashed_sniffed_and_usable_as_file_ref(
 
 @pytest.mark.parametrize(("form", "status", "field"), [
     ({"kb_id": None, "content": b"x"}, 422, "kb_id"),
-    ({"kb_id": "kb_1", "content": None}, 422, "file"),
+    ({"kb_id": "kb_1", "content": None}, 422, "note"),
     ({"kb_id": "bad kb", "content": b"x"}, 422, "kb_id"),
     ({"kb_id": "kb_1", "content": b""}, 422, "file"),
-    ({"kb_id": None, "content": None}, 422, "kb_id"),
 ])
 async def test_a_bad_upload_is_refused_naming_the_field(
     api: ApiClient, form: dict, status: int, field: str  # type: ignore[type-arg]
 ) -> None:
-    got, error = await api.call("POST", "/api/v1/uploads", data=_form(form["kb_id"], form["content"]))
+    got, error = await api.call("POST", _path(form["kb_id"]), data=_form(form["content"]))
     assert got == status, error
     assert error["error"]["code"] == "validation_error"
     assert field in {d["field"] for d in error["error"]["details"]}
@@ -104,9 +107,8 @@ async def test_an_upload_over_the_cap_is_413_and_leaves_nothing_behind(
             yield b"y" * 10_000
 
     form = aiohttp.FormData()
-    form.add_field("kb_id", "kb_1")
     form.add_field("file", chunks(), filename="big.bin")
-    status, error = await api.call("POST", "/api/v1/uploads", data=form)
+    status, error = await api.call("POST", _path("kb_1"), data=form)
     assert status == 413 and error["error"]["code"] == "payload_too_large"
     store = upload_root / ".uploads"
     assert [p.name for p in store.iterdir() if p.name != ".incoming"] == []
@@ -167,5 +169,22 @@ async def test_file_paths_outside_the_roots_are_refused_at_submit_and_at_read(
 
 
 async def test_an_upload_that_is_not_multipart_is_refused(api: ApiClient) -> None:
-    status, error = await api.call("POST", "/api/v1/uploads", json={"kb_id": "kb_1", "file": "x"})
+    status, error = await api.call("POST", _path("kb_1"), json={"file": "x"})
     assert status == 422 and error["error"]["details"][0]["field"] == "body"
+
+
+async def test_a_key_for_another_kb_is_refused_before_anything_is_stored(
+    fleet_factory: FleetFactory, http: aiohttp.ClientSession, upload_root: Path
+) -> None:
+    from shared.security.api_keys import Scope
+    from tests.support.keys import bearer, create_key
+
+    fleet = await fleet_factory(_files_fleet(upload_root, AUTH_REQUIRED="true"))
+    key = await create_key(fleet.environment, "kb a", [Scope.TASKS_WRITE], kb_ids=["kb_a"])
+    api = ApiClient(fleet.api_url, http)
+    status, error = await api.call("POST", _path("kb_b"), data=_form(b"data"), headers=bearer(key))
+    assert status == 403 and error["error"]["details"][0]["field"] == "kb_id"
+    store = upload_root / ".uploads"
+    assert [p.name for p in store.iterdir() if p.name != ".incoming"] == []
+    status, stored = await api.call("POST", _path("kb_a"), data=_form(b"data"), headers=bearer(key))
+    assert status == 201 and stored["kb_id"] == "kb_a"

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from services.api.auth import auth_middleware
 from services.api.http import error_middleware
+from services.api.openapi import Operation, documented
 from services.api.queue_monitor import QueueMonitor
 from services.api.rate_limit import RATE_LIMITS, RateLimits, TokenBuckets
 from services.api.resources import (
@@ -28,6 +29,7 @@ from services.api.resources import (
     database_ctx,
 )
 from services.api.routes.dlq import routes as dlq_routes
+from services.api.schemas import HealthReport
 from services.api.routes.docs import routes as docs_routes
 from services.api.routes.tasks import routes as task_routes
 from services.api.routes.uploads import routes as upload_routes
@@ -85,6 +87,16 @@ async def upload_sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
     await sweeper.stop()
 
 
+HEALTH_DOC = Operation(summary="Health", tag="operations", responses={
+    200: (HealthReport, "Healthy (or alive)."), 503: (HealthReport, "Not ready: a dependency check failed.")})
+METRICS_DOC = Operation(summary="Prometheus metrics", tag="operations", media_type="text/plain",
+                        responses={200: (None, "Prometheus text format.")})
+
+
+def _documented_ops_routes(routes: list[web.RouteDef]) -> list[web.RouteDef]:
+    return [web.RouteDef(r.method, r.path, documented(HEALTH_DOC)(r.handler), r.kwargs) for r in routes]
+
+
 def create_app(settings: Settings, registry: TaskTypeRegistry | None = None) -> web.Application:
     app = web.Application(
         client_max_size=settings.api.max_body_bytes,
@@ -103,7 +115,8 @@ def create_app(settings: Settings, registry: TaskTypeRegistry | None = None) -> 
     app.cleanup_ctx.extend([database_ctx, broker_ctx, submit_consumer_ctx, queue_monitor_ctx, upload_sweeper_ctx])
 
     checks = {"database": lambda: check_database(app), "broker": lambda: check_broker(app)}
-    app.add_routes([*health_routes(checks, process="api"), web.get("/metrics", metrics_handler)])
+    app.add_routes([*_documented_ops_routes(health_routes(checks, process="api")),
+                    web.get("/metrics", documented(METRICS_DOC)(metrics_handler))])
     app.add_routes(task_routes)
     app.add_routes(upload_routes)
     app.add_routes(dlq_routes)

@@ -93,8 +93,11 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
             raise
         code = exc.reason.lower().replace(" ", "_")
         message = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
-        return json_response(error_body(code, message), exc.status, {k: v for k, v in exc.headers.items()
-                                                                     if k in ("Allow",)})
+        headers = {}
+        if "Allow" in exc.headers:
+            # HEAD is implied by GET (RFC 9110); the contract lists the methods it documents.
+            headers["Allow"] = ",".join(m for m in exc.headers["Allow"].split(",") if m.strip() != "HEAD")
+        return json_response(error_body(code, message), exc.status, headers)
     except Exception:
         logger.exception("unhandled error on {} {}", request.method, request.path)
         return json_response(error_body("internal_error", "an internal error occurred"), 500)

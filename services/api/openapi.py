@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, create_model
 
 from services.api.access_policy import Open, decide
 from services.api.schemas import ErrorResponse
+from shared.json_types import json_int
 from shared.security.api_keys import Scope
 from shared.settings import Settings
 from shared.task_request import KB_ID_PATTERN, BatchItem, TaskRequest
@@ -54,8 +55,13 @@ class Operation:
     body: SchemaSource | None = None
     body_type: Literal["json", "multipart"] = "json"
     query: SchemaSource | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)  # request header -> description
-    responses: Mapping[int, tuple[type[BaseModel] | None, str]] = field(default_factory=dict)
+    # request header -> (description, JSON schema)
+    headers: Mapping[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    # status -> (model, or several models (oneOf), or None for no body; description)
+    responses: Mapping[int, tuple[type[BaseModel] | tuple[type[BaseModel], ...] | None, str]] = field(
+        default_factory=dict)
+    # The media type of the success answers (JSON unless e.g. a page or Prometheus text).
+    media_type: str = "application/json"
     errors: tuple[int, ...] = ()
     response_headers: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
 
@@ -81,7 +87,7 @@ def task_request_models(ctx: DocContext, base: type[TaskRequest] = TaskRequest) 
         fields: dict[str, Any] = {
             "task_type": (Literal[name], Field(description=task_type.description)),  # type: ignore[valid-type]
             "payload": (payload_model, ... if payload_required else Field(default_factory=dict)),
-            "retry_limit": (int | None, Field(default=None, ge=0, le=ctx.settings.api.max_retry_limit)),
+            "retry_limit": (json_int(ge=0, le=ctx.settings.api.max_retry_limit) | None, Field(default=None)),
         }
         if task_type.requires_kb_id:
             fields["kb_id"] = (str, Field(pattern=KB_ID_PATTERN))
@@ -124,8 +130,41 @@ def batch_request_schema(ctx: DocContext, schemas: dict[str, Any]) -> dict[str, 
 # --- the document ---------------------------------------------------------------------------------
 
 
+# What the server accepts inside free-form JSON (e.g. an `echo` payload).
+NUL_FREE = "^[^\\u0000]*$"
+JSON_VALUE: dict[str, Any] = {
+    "description": "Any JSON value without NUL characters (PostgreSQL cannot store them) and with finite numbers.",
+    "anyOf": [
+        {"type": "string", "pattern": NUL_FREE},
+        # Finite doubles: the parser reads integers beyond 64 bits as floats, and refuses infinity.
+        {"type": "number", "minimum": -1.7976931348623157e308, "maximum": 1.7976931348623157e308},
+        {"type": "boolean"},
+        {"type": "null"},
+        {"type": "array", "items": {"$ref": REF.format(model="JsonValue")}},
+        {"type": "object", "additionalProperties": {"$ref": REF.format(model="JsonValue")},
+         "propertyNames": {"pattern": NUL_FREE}},
+    ],
+}
+
+
+def _precise(schema: Any) -> Any:
+    """Say in the schema what the server enforces beyond pydantic's output: no
+    NUL in strings, free-form values as JsonValue."""
+    if isinstance(schema, list):
+        return [_precise(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _precise(v) for k, v in schema.items()}
+    if out.get("type") == "string" and not {"pattern", "enum", "const", "format", "contentMediaType"} & set(out):
+        out["pattern"] = NUL_FREE
+    if out.get("additionalProperties") is True:
+        out["additionalProperties"] = {"$ref": REF.format(model="JsonValue")}
+        out["propertyNames"] = {"pattern": NUL_FREE}
+    return out
+
+
 def build_openapi(app: web.Application, ctx: DocContext) -> dict[str, Any]:
-    schemas: dict[str, Any] = {}
+    schemas: dict[str, Any] = {"JsonValue": JSON_VALUE}
     _collect(ErrorResponse, schemas, "serialization")
     paths: dict[str, dict[str, Any]] = {}
     for route in app.router.routes():
@@ -191,9 +230,9 @@ def _operation(method: str, path: str, op: Operation, ctx: DocContext, schemas: 
         for name, prop in query.get("properties", {}).items():
             parameters.append({"name": name, "in": "query", "required": name in query.get("required", []),
                                "schema": prop})
-    for name, description in op.headers.items():
+    for name, (description, schema) in op.headers.items():
         parameters.append({"name": name, "in": "header", "required": False, "description": description,
-                           "schema": {"type": "string", "minLength": 1, "maxLength": 255}})
+                           "schema": schema})
     if parameters:
         out["parameters"] = parameters
 
@@ -211,9 +250,17 @@ def _operation(method: str, path: str, op: Operation, ctx: DocContext, schemas: 
     responses: dict[str, Any] = {}
     for status, (model, description) in op.responses.items():
         answer: dict[str, Any] = {"description": description}
-        if model is not None:
+        if isinstance(model, tuple):
+            for one in model:
+                _collect(one, schemas, "serialization")
+            answer["content"] = {"application/json": {"schema": {
+                "oneOf": [{"$ref": REF.format(model=one.__name__)} for one in model]}}}
+        elif model is not None:
             _collect(model, schemas, "serialization")
             answer["content"] = {"application/json": {"schema": {"$ref": REF.format(model=model.__name__)}}}
+        else:
+            json_body = op.media_type == "application/json"
+            answer["content"] = {op.media_type: {"schema": {"type": "object" if json_body else "string"}}}
         if status in op.response_headers:
             answer["headers"] = {name: {"description": text, "schema": {"type": "string"}}
                                  for name, text in op.response_headers[status].items()}
@@ -237,13 +284,13 @@ def _operation(method: str, path: str, op: Operation, ctx: DocContext, schemas: 
 def _schema(source: SchemaSource, ctx: DocContext, schemas: dict[str, Any], *, inline: bool = False) -> dict[str, Any]:
     if isinstance(source, type) and issubclass(source, BaseModel):
         if inline:
-            return source.model_json_schema(ref_template=REF)
+            return _precise(source.model_json_schema(ref_template=REF))  # type: ignore[no-any-return]
         _collect(source, schemas, "validation")
         return {"$ref": REF.format(model=source.__name__)}
     made = source(ctx, schemas) if _takes_schemas(source) else source(ctx)  # type: ignore[call-arg]
     if isinstance(made, type) and issubclass(made, BaseModel):
         return _schema(made, ctx, schemas, inline=inline)
-    return made  # type: ignore[return-value]
+    return _precise(made)  # type: ignore[no-any-return]
 
 
 def _takes_schemas(source: Callable[..., Any]) -> bool:
@@ -252,6 +299,8 @@ def _takes_schemas(source: Callable[..., Any]) -> bool:
 
 def _collect(model: type[BaseModel], schemas: dict[str, Any], mode: Literal["validation", "serialization"]) -> None:
     schema = model.model_json_schema(ref_template=REF, mode=mode)
+    if mode == "validation":
+        schema = _precise(schema)
     for name, definition in schema.pop("$defs", {}).items():
         schemas.setdefault(name, definition)
     schemas.setdefault(model.__name__, schema)

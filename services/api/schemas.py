@@ -100,3 +100,50 @@ class UploadCreated(_Body):
     sha256: str
     content_type: str = Field(description="Sniffed from the bytes, not taken from the client.")
     created_at: datetime
+
+
+class HealthReport(BaseModel):
+    """`/health`, `/health/live`, `/health/ready`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["ok", "degraded", "ready", "unready"]
+
+
+class DeadLetterView(_Body):
+    task_id: str | None
+    task_type: str | None
+    kb_id: str | None
+    reason: str | None
+    stage: str | None
+    source_queue: str | None
+    attempts: int | None
+    last_error: str | None
+    first_failure_at: str | None
+    last_failure_at: str | None
+    dead_at: str | None
+    replayable: bool
+    body_preview: str | None = None
+
+
+class DeadLetterList(_Body):
+    depth: int = Field(description="Messages in tm.dead.")
+    items: list[DeadLetterView]
+
+
+class DeadLetterItems(_Body):
+    items: list[DeadLetterView]
+
+
+class SkippedReplay(_Body):
+    task_id: str
+    reason: str
+
+
+class ReplayReport(_Body):
+    replayed: list[str]
+    skipped: list[SkippedReplay]
+
+
+class PurgeReport(_Body):
+    purged: int

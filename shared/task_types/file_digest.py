@@ -9,7 +9,7 @@ import asyncio
 import hashlib
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from shared.task_types.base import Payload, TaskContext, TaskType
 from shared.uploads import FILE_REF_PATTERN
@@ -18,6 +18,11 @@ CHUNK = 1024 * 1024
 
 
 class FileDigestPayload(Payload):
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra={"oneOf": [
+        {"required": ["file_ref"], "properties": {"file_ref": {"type": "string"}}},
+        {"required": ["file_path"], "properties": {"file_path": {"type": "string"}}},
+    ]})
+
     file_ref: str | None = Field(default=None, pattern=FILE_REF_PATTERN, description="From POST /api/v1/uploads.")
     file_path: str | None = Field(default=None, min_length=1, max_length=4096,
                                   description="A path inside UPLOAD_ROOTS (relative to the first root, or absolute).")

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from services.api.openapi import DocContext, build_openapi
+from services.api.openapi import DocContext, Operation, build_openapi, documented
 from services.api.resources import REGISTRY, SETTINGS
 
 routes = web.RouteTableDef()
@@ -24,11 +24,15 @@ def document(app: web.Application) -> dict[str, Any]:
 
 
 @routes.get("/api/v1/openapi.json")
+@documented(Operation(summary="This document (OpenAPI 3.1)", tag="operations",
+                      responses={200: (None, "The OpenAPI document.")}))
 async def openapi_json(request: web.Request) -> web.Response:
     return web.json_response(document(request.app))
 
 
 @routes.get("/api/v1/docs")
+@documented(Operation(summary="This document as a page", tag="operations", media_type="text/html",
+                      responses={200: (None, "HTML.")}))
 async def docs_page(request: web.Request) -> web.Response:
     return web.Response(text=render(document(request.app)), content_type="text/html",
                         headers={"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'"})

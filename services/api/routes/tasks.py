@@ -8,6 +8,7 @@ knowledge bases (tenant scope in every query) and charge the per-kb bucket.
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections import Counter
 from typing import Any
@@ -22,7 +23,15 @@ from services.api.http import json_response, read_json
 from services.api.openapi import Operation, batch_request_schema, documented, task_request_schema
 from services.api.rate_limit import RATE_LIMITS
 from services.api.resources import ADMISSION, CHECKS, ENGINE, LIMITS, PUBLISHER, REGISTRY, SETTINGS
-from services.api.schemas import BatchItemResult, BatchResult, ErrorInfo, TaskCreated, TaskPage, TaskView
+from services.api.schemas import (
+    BatchItemResult,
+    BatchResult,
+    ErrorInfo,
+    ErrorResponse,
+    TaskCreated,
+    TaskPage,
+    TaskView,
+)
 from services.api.task_repository import KbScope, TaskFilter
 from services.api.views import task_created_view, task_view
 from shared.errors import Conflict, FieldError, Forbidden, InvalidRequest, NotFound, TaskManagerError
@@ -34,8 +43,13 @@ from shared.task_request import KB_ID_PATTERN, BatchItem, ValidTask, field_error
 routes = web.RouteTableDef()
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+# Task ids are UUIDs; the pattern keeps /api/v1/tasks/batch from also matching {task_id}.
+TASK_ID_SEGMENT = "[0-9A-Fa-f-]{32,36}"
 CANCEL_WAIT_SECONDS = 1.0
-_IDEMPOTENCY_DOC = {IDEMPOTENCY_HEADER: "The same key (per API key) returns the same task instead of a second one."}
+_IDEMPOTENCY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+_IDEMPOTENCY_KEY = re.compile(_IDEMPOTENCY_PATTERN)
+_IDEMPOTENCY_DOC = {IDEMPOTENCY_HEADER: ("The same key (per API key) returns the same task instead of a second one.",
+                                         {"type": "string", "pattern": _IDEMPOTENCY_PATTERN})}
 _STATUSES = "|".join(TaskStatus)
 
 
@@ -47,7 +61,7 @@ class TaskListQuery(BaseModel):
     kb_id: str | None = Field(default=None, pattern=KB_ID_PATTERN)
     status: str | None = Field(default=None, pattern=rf"^({_STATUSES})(,({_STATUSES}))*$",
                                description="Comma-separated statuses.")
-    task_type: str | None = Field(default=None, min_length=1, max_length=64)
+    task_type: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     limit: int = Field(default=50, ge=1, description="Page size, at most MAX_PAGE_SIZE.")
     cursor: uuid.UUID | None = Field(default=None, description="`next_cursor` of the previous page.")
 
@@ -90,9 +104,9 @@ async def submit_task(request: web.Request) -> web.Response:
     summary="Submit several tasks",
     description="Answers per item, in order: 201 all created, 207 some refused (each item says why), 422 none "
                 "could be (or any is invalid with `atomic: true`: then nothing is created).",
-    body=batch_request_schema, headers=_IDEMPOTENCY_DOC, errors=(503,),
+    body=batch_request_schema, headers=_IDEMPOTENCY_DOC, errors=(409, 503),
     responses={201: (BatchResult, "Every task created."), 207: (BatchResult, "Some items refused."),
-               422: (BatchResult, "No task created.")},
+               422: ((BatchResult, ErrorResponse), "No task created: per-item results, or the envelope is invalid.")},
 ))
 async def submit_batch(request: web.Request) -> web.Response:
     app = request.app
@@ -145,7 +159,7 @@ async def submit_batch(request: web.Request) -> web.Response:
                          201 if ok == len(results) else 207)
 
 
-@routes.get("/api/v1/tasks/{task_id}")
+@routes.get("/api/v1/tasks/{task_id:%s}" % TASK_ID_SEGMENT)
 @documented(Operation(summary="Read a task", responses={200: (TaskView, "The task.")}))
 async def get_task(request: web.Request) -> web.Response:
     task_id = request.match_info["task_id"]
@@ -185,7 +199,7 @@ async def list_tasks(request: web.Request) -> web.Response:
                                   next_cursor=str(page[-1]["id"]) if more else None))
 
 
-@routes.delete("/api/v1/tasks/{task_id}")
+@routes.delete("/api/v1/tasks/{task_id:%s}" % TASK_ID_SEGMENT)
 @documented(Operation(
     summary="Cancel a task",
     description="A queued task never runs; a running one is stopped by its worker.",
@@ -239,8 +253,9 @@ def _idempotency_key(request: web.Request) -> str | None:
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is None:
         return None
-    if not 1 <= len(key) <= 255:
-        raise InvalidRequest("invalid Idempotency-Key", [FieldError(IDEMPOTENCY_HEADER, "must be 1-255 characters")])
+    if not _IDEMPOTENCY_KEY.match(key):
+        raise InvalidRequest("invalid Idempotency-Key", [FieldError(
+            IDEMPOTENCY_HEADER, "must be 1-255 visible ASCII characters (no spaces)")])
     return key
 
 
