@@ -9,7 +9,8 @@ only here.
     tm.dlx     (fanout)  -->                tm.dead
     tm.events  (topic)   --task.#-->        tm.dispatcher.events
     tm.control (fanout)  -->                one exclusive queue per worker
-    (default)            --tm.submit-->     tm.submit          ingress for publishing services
+    tm.submit  (fanout)  -->                tm.submit          ingress for publishing services
+    (default)            --tm.submit-->     tm.submit          (the same queue, for trusted internal publishers)
     (default)            --tm.dispatcher.rpc--> questions to the dispatcher (which tasks are cancelled)
 """
 
@@ -30,6 +31,9 @@ RETRY_EXCHANGE = "tm.retry"
 DEAD_LETTER_EXCHANGE = "tm.dlx"
 EVENTS_EXCHANGE = "tm.events"
 CONTROL_EXCHANGE = "tm.control"
+# Its own exchange so an external publisher can be given write on it alone: write
+# on the default exchange would reach every queue by name (deploy/rabbitmq).
+SUBMIT_EXCHANGE = "tm.submit"
 
 SUBMIT_QUEUE = "tm.submit"
 DEAD_QUEUE = "tm.dead"
@@ -129,6 +133,7 @@ class Topology:
                 ("x-overflow", "reject-publish"),
                 ("x-dead-letter-exchange", DEAD_LETTER_EXCHANGE),
             ),
+            bindings=(Binding(SUBMIT_EXCHANGE),),
         )
         # Questions expire unanswered after 10 s: the asker has moved on by then.
         yield Queue(DISPATCHER_RPC_QUEUE, arguments=(("x-message-ttl", 10_000),))
@@ -152,6 +157,7 @@ def _exchanges() -> tuple[Exchange, ...]:
         Exchange(DEAD_LETTER_EXCHANGE, ExchangeType.FANOUT),
         Exchange(EVENTS_EXCHANGE, ExchangeType.TOPIC),
         Exchange(CONTROL_EXCHANGE, ExchangeType.FANOUT),
+        Exchange(SUBMIT_EXCHANGE, ExchangeType.FANOUT),
     )
 
 
