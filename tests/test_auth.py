@@ -255,7 +255,7 @@ async def test_health_stays_open_and_metrics_need_the_metrics_token(
 
 def _taskmgr(env: TestEnvironment, *args: str) -> subprocess.CompletedProcess[str]:
     taskmgr = os.path.join(os.path.dirname(sys.executable), "taskmgr")
-    return subprocess.run([taskmgr, *args], env=env.env, capture_output=True, text=True, timeout=60)
+    return subprocess.run([taskmgr, *args], env=env.env, capture_output=True, text=True, timeout=60, check=False)
 
 
 async def test_taskmgr_keys_create_shows_the_key_once_then_list_and_revoke(

@@ -44,7 +44,7 @@ async def strict_api(fleet_factory: FleetFactory, http: aiohttp.ClientSession) -
 
 
 async def test_refused_callback_urls_are_a_422_at_submit_time(strict_api: tuple[Fleet, ApiClient]) -> None:
-    fleet, api = strict_api
+    _, api = strict_api
     for url, reason in REFUSED_AT_SUBMIT:
         status, error = await api.call("POST", "/api/v1/tasks", json={"task_type": "echo", "callback_url": url})
         assert status == 422, (url, error)

@@ -28,12 +28,23 @@ from aiormq.exceptions import AMQPError
 
 from shared.security.api_keys import Scope
 from shared.task_types import default_registry
-from shared.topology import SUBMIT_EXCHANGE, SUBMIT_QUEUE, TASKS_EXCHANGE, Topology, declare_topology
+from shared.topology import (
+    SUBMIT_EXCHANGE,
+    SUBMIT_QUEUE,
+    TASKS_EXCHANGE,
+    Topology,
+    declare_topology,
+)
 from shared.webhooks import verify
 from tests.support.api import ApiClient
 from tests.support.callback_receiver import CallbackReceiver
-from tests.support.environment import RABBITMQCTL, TestEnvironment, create_environment, destroy_environment
-from tests.support.fleet import Fleet, log_dir, wait_ready
+from tests.support.environment import (
+    RABBITMQCTL,
+    TestEnvironment,
+    create_environment,
+    destroy_environment,
+)
+from tests.support.fleet import Fleet, log_dir
 from tests.support.keys import bearer, create_key
 
 DEFINITIONS = Path(__file__).resolve().parents[1] / "deploy" / "rabbitmq" / "users-and-permissions.json"
@@ -48,7 +59,8 @@ def _password_hash(password: str) -> str:
 
 def _rabbitmqctl(*args: str, stdin: str | None = None, attempts: int = 3) -> None:
     for attempt in range(attempts):
-        done = subprocess.run([RABBITMQCTL, *args], input=stdin, capture_output=True, text=True, timeout=60)
+        done = subprocess.run([RABBITMQCTL, *args], input=stdin, capture_output=True, text=True, timeout=60,
+                              check=False)
         if done.returncode == 0:
             return
         if attempt + 1 == attempts:
@@ -101,7 +113,7 @@ async def _wait_until_users_exist(env: TestEnvironment, users: Users) -> None:
                 connection = await aio_pika.connect(users.url(env, role), timeout=5)
                 await connection.close()
             return
-        except (AMQPError, ConnectionError, OSError, asyncio.TimeoutError):
+        except (TimeoutError, AMQPError, ConnectionError, OSError):
             await asyncio.sleep(0.2)
     raise TimeoutError("the imported RabbitMQ users never became usable")
 
@@ -181,7 +193,7 @@ async def test_the_fleet_runs_under_least_privilege_users(
 
     sleeping = await api.submit({"task_type": "sleep", "payload": {"seconds": 30}})
     await api.wait_for(sleeping["task_id"], {"processing"})
-    status, cancelled = await api.call("DELETE", f"/api/v1/tasks/{sleeping['task_id']}")
+    status, _ = await api.call("DELETE", f"/api/v1/tasks/{sleeping['task_id']}")
     assert status in (200, 202)
     assert (await api.wait_for(sleeping["task_id"]))["status"] == "cancelled"
 

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from services.api.access_policy import RULES, Open, decide
+from services.api.access_policy import Open, decide
 from services.api.app import create_app
 from services.api.auth import AUTHENTICATOR, Authenticator, auth_middleware
 from services.api.http import error_middleware
@@ -23,8 +23,20 @@ from services.api.rate_limit import RATE_LIMITS, RateLimits, TokenBuckets
 from services.api.upload_intake import clean_filename, sniff
 from shared.errors import RateLimited
 from shared.security.api_key_store import KeyRecord
-from shared.security.api_keys import Scope, generate_key, parse_duration, parse_key, parse_scopes, secret_matches
-from shared.security.callback_policy import CallbackPolicy, CallbackRefused, GuardedResolver, address_problem
+from shared.security.api_keys import (
+    Scope,
+    generate_key,
+    parse_duration,
+    parse_key,
+    parse_scopes,
+    secret_matches,
+)
+from shared.security.callback_policy import (
+    CallbackPolicy,
+    CallbackRefused,
+    GuardedResolver,
+    address_problem,
+)
 from shared.security.startup_checks import problems
 from shared.settings import Settings
 from shared.webhooks import WebhookVerificationError, sign, verify
@@ -229,9 +241,10 @@ async def test_the_sender_connects_to_the_address_it_checked_and_refuses_a_rebou
         # The checked answer (127.0.0.1) is the one connected to; a second lookup would get 10.0.0.1.
         rebinding = _Resolver("127.0.0.1", "10.0.0.1")
         connector = aiohttp.TCPConnector(resolver=GuardedResolver(policy, rebinding), use_dns_cache=False)
-        async with aiohttp.ClientSession(connector=connector) as http:
-            async with http.post(f"http://rebind.test:{receiver.port}/hook", data=b"{}") as response:
-                assert response.status == 200
+        async with aiohttp.ClientSession(connector=connector) as http, http.post(
+            f"http://rebind.test:{receiver.port}/hook", data=b"{}"
+        ) as response:
+            assert response.status == 200
         assert rebinding.calls == 1 and len(receiver.for_path("hook")) == 1
 
         # Resolving to a refused address fails before any connection is attempted.
@@ -287,7 +300,7 @@ def test_production_defaults_need_keys_signing_and_accept_a_good_setup(monkeypat
     settings = _settings(monkeypatch, ENVIRONMENT="production", AMQP_URL="amqps://api:s3cret@rabbit/taskmgr")
     assert settings.auth_required is True
     assert settings.callbacks.effective_allowed_hosts(settings.service.environment) == []
-    refused, warned = problems(settings, "dispatcher")
+    refused, _ = problems(settings, "dispatcher")
     assert refused == ["CALLBACK_SECRET is not set: callbacks would be unsigned (set one or more whsec_ secrets)"]
     monkeypatch.setenv("CALLBACK_SECRET", "whsec_" + base64.b64encode(b"k" * 32).decode())
     assert problems(Settings(), "dispatcher")[0] == [] and problems(Settings(), "api")[0] == []

@@ -8,7 +8,12 @@ import sys
 
 import pytest
 
-from tests.support.environment import TestEnvironment, create_environment, destroy_environment, free_port
+from tests.support.environment import (
+    TestEnvironment,
+    create_environment,
+    destroy_environment,
+    free_port,
+)
 
 PRODUCTION = {"ENVIRONMENT": "production", "BIND_HOST": "127.0.0.1",
               # Never contacted: the refusals happen before the broker is.
@@ -16,7 +21,7 @@ PRODUCTION = {"ENVIRONMENT": "production", "BIND_HOST": "127.0.0.1",
 
 
 def _start(module: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", module], env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", module], env=env, capture_output=True, text=True, timeout=60, check=False)
 
 
 @pytest.mark.parametrize(("module", "overrides", "message"), [

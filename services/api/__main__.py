@@ -8,8 +8,8 @@ from loguru import logger
 from services.api.app import create_app
 from services.api.resources import StartupRefused
 from shared.logging import configure_logging
-from shared.security.startup_checks import enforce
 from shared.runtime import install_event_loop_policy
+from shared.security.startup_checks import enforce
 from shared.settings import Settings
 
 

@@ -29,10 +29,10 @@ from services.api.resources import (
     database_ctx,
 )
 from services.api.routes.dlq import routes as dlq_routes
-from services.api.schemas import HealthReport
 from services.api.routes.docs import routes as docs_routes
 from services.api.routes.tasks import routes as task_routes
 from services.api.routes.uploads import routes as upload_routes
+from services.api.schemas import HealthReport
 from services.api.submit_consumer import SubmitConsumer
 from services.api.upload_retention import UploadSweeper, store_root_ready
 from shared import metrics

@@ -18,11 +18,11 @@ from services.api.submission_checks import SubmissionChecks
 from shared.amqp.connection import connect
 from shared.amqp.publisher import Publisher
 from shared.db.engine import create_engine
+from shared.security.api_key_store import ApiKeyStore
+from shared.security.callback_policy import CallbackPolicy
 from shared.settings import Settings
 from shared.task_request import RequestLimits
 from shared.task_types import TaskTypeRegistry
-from shared.security.api_key_store import ApiKeyStore
-from shared.security.callback_policy import CallbackPolicy
 from shared.topology import Topology, prepare_topology
 from shared.uploads import UploadStore
 

@@ -85,10 +85,9 @@ def _file_errors(payload: dict[str, Any], kb_id: str | None, upload_kbs: dict[st
                  roots: Sequence[Path]) -> list[FieldError]:
     errors = []
     ref = payload.get("file_ref")
-    if isinstance(ref, str):
-        # Another kb's upload answers exactly like a missing one: its existence is not revealed.
-        if not _FILE_REF.match(ref) or upload_kbs.get(ref) is None or upload_kbs[ref] != kb_id:
-            errors.append(FieldError("payload.file_ref", f"upload {ref!r} not found for kb_id {kb_id!r} "
+    # Another kb's upload answers exactly like a missing one: its existence is not revealed.
+    if isinstance(ref, str) and (not _FILE_REF.match(ref) or upload_kbs.get(ref) != kb_id):
+        errors.append(FieldError("payload.file_ref", f"upload {ref!r} not found for kb_id {kb_id!r} "
                                      "(never uploaded, expired, or uploaded for another knowledge base)"))
     path = payload.get("file_path")
     if isinstance(path, str):

@@ -18,7 +18,7 @@ def task_created_view(row: TaskRow) -> TaskCreated:
 
 def task_view(row: TaskRow, **extra: object) -> TaskView:
     fields: dict[str, object] = {name: row[name] for name in _TASK_FIELDS}
-    if "callback_state" in row.keys() and row["callback_state"] is not None:
+    if "callback_state" in row and row["callback_state"] is not None:
         fields["callback"] = CallbackState(
             state=row["callback_state"], attempts=row["callback_attempts"], last_error=row["callback_last_error"]
         )

@@ -6,8 +6,8 @@ import asyncio
 
 from services.dispatcher.runtime import run_dispatcher
 from shared.logging import configure_logging
-from shared.security.startup_checks import enforce
 from shared.runtime import install_event_loop_policy
+from shared.security.startup_checks import enforce
 from shared.settings import Settings
 
 

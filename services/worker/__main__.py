@@ -8,8 +8,8 @@ import asyncio
 from services.worker.runtime import run_worker
 from services.worker.stages import known_stages
 from shared.logging import configure_logging
-from shared.security.startup_checks import enforce
 from shared.runtime import install_event_loop_policy
+from shared.security.startup_checks import enforce
 from shared.settings import Settings
 
 

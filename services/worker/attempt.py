@@ -15,8 +15,8 @@ from services.worker.cpu import CpuPool
 from services.worker.estimates import DurationEstimator, estimate_completion
 from shared.amqp.publisher import EventPublisher
 from shared.errors import Unavailable
-from shared.task_files import TaskFiles
 from shared.messages import TaskMessage, TaskProgress, TaskStarted, utcnow
+from shared.task_files import TaskFiles
 
 PROGRESS_MIN_INTERVAL_SECONDS = 0.5
 T = TypeVar("T")

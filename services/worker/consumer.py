@@ -21,7 +21,12 @@ from datetime import timedelta
 from typing import Any
 
 import backoff
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
 from loguru import logger
 
 from services.worker.attempt import AttemptContext
@@ -34,7 +39,6 @@ from shared import metrics
 from shared.amqp import headers as h
 from shared.amqp.dead_letter import dead_letter_headers
 from shared.amqp.publisher import Publisher
-from shared.task_files import TaskFiles
 from shared.errors import PoisonMessage, TaskError, Unavailable
 from shared.messages import (
     ErrorInfo,
@@ -47,6 +51,7 @@ from shared.messages import (
     utcnow,
 )
 from shared.settings import RetrySettings, WorkerSettings
+from shared.task_files import TaskFiles
 from shared.topology import TASKS_EXCHANGE, stage_queue
 
 
@@ -317,7 +322,7 @@ class StageWorker:
             logger.error("dead-lettering a message: {}", reason)
             await self._settle(message, steps)
             return True
-        republish = lambda: self._publisher.publish(  # noqa: E731
+        republish = lambda: self._publisher.publish(
             TASKS_EXCHANGE, self.stage, message.body, headers={**headers, h.REDELIVERIES: count},
             priority=message.priority, message_id=message.message_id,
         )

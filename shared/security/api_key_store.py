@@ -12,7 +12,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db.models import api_keys
 from shared.messages import utcnow
-from shared.security.api_keys import NewKey, Principal, Scope, generate_key, parse_key, secret_matches
+from shared.security.api_keys import (
+    NewKey,
+    Principal,
+    Scope,
+    generate_key,
+    parse_key,
+    secret_matches,
+)
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
-
-from shared.json_types import JsonBool, json_int
 from shared.errors import Permanent, Retryable
+from shared.json_types import JsonBool, json_int
 from shared.task_types.base import Payload, TaskContext, TaskType
 
 

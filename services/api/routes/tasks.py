@@ -34,11 +34,24 @@ from services.api.schemas import (
 )
 from services.api.task_repository import KbScope, TaskFilter
 from services.api.views import task_created_view, task_view
-from shared.errors import Conflict, FieldError, Forbidden, InvalidRequest, NotFound, TaskManagerError
+from shared.errors import (
+    Conflict,
+    FieldError,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    TaskManagerError,
+)
 from shared.ids import is_task_id
 from shared.messages import CancelTask, TaskCancelled, utcnow
 from shared.status import TaskStatus
-from shared.task_request import KB_ID_PATTERN, BatchItem, ValidTask, field_errors, validate_task_request
+from shared.task_request import (
+    KB_ID_PATTERN,
+    BatchItem,
+    ValidTask,
+    field_errors,
+    validate_task_request,
+)
 
 routes = web.RouteTableDef()
 
@@ -159,7 +172,7 @@ async def submit_batch(request: web.Request) -> web.Response:
                          201 if ok == len(results) else 207)
 
 
-@routes.get("/api/v1/tasks/{task_id:%s}" % TASK_ID_SEGMENT)
+@routes.get(f"/api/v1/tasks/{{task_id:{TASK_ID_SEGMENT}}}")
 @documented(Operation(summary="Read a task", responses={200: (TaskView, "The task.")}))
 async def get_task(request: web.Request) -> web.Response:
     task_id = request.match_info["task_id"]
@@ -199,7 +212,7 @@ async def list_tasks(request: web.Request) -> web.Response:
                                   next_cursor=str(page[-1]["id"]) if more else None))
 
 
-@routes.delete("/api/v1/tasks/{task_id:%s}" % TASK_ID_SEGMENT)
+@routes.delete(f"/api/v1/tasks/{{task_id:{TASK_ID_SEGMENT}}}")
 @documented(Operation(
     summary="Cancel a task",
     description="A queued task never runs; a running one is stopped by its worker.",
