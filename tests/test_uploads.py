@@ -58,9 +58,10 @@ def upload_root(tmp_path: Path) -> Path:
 async def test_an_upload_is_streamed_hashed_sniffed_and_usable_as_file_ref(
     fleet_factory: FleetFactory, http: aiohttp.ClientSession, upload_root: Path
 ) -> None:
-    fleet = await fleet_factory(_files_fleet(upload_root))
+    # Larger than MAX_BODY_BYTES (1 MiB, the JSON body cap): uploads stream, uncapped by it.
+    fleet = await fleet_factory(_files_fleet(upload_root, MAX_FILE_BYTES="2000000"))
     api = ApiClient(fleet.api_url, http)
-    content = b"%PDF-1.4\n" + os.urandom(150_000)
+    content = b"%PDF-1.4\n" + os.urandom(1_500_000)
     status, stored = await _upload(api, "kb_files", content, filename="../../etc/report.pdf")
     assert status == 201, stored
     assert stored["sha256"] == hashlib.sha256(content).hexdigest() and stored["size"] == len(content)
