@@ -77,6 +77,40 @@ class Conflict(TaskManagerError):
     code = "conflict"
 
 
+class Unauthorized(TaskManagerError):
+    """No credentials, or credentials we do not accept (unknown, revoked, expired key)."""
+
+    code = "unauthorized"
+
+    def __init__(self, message: str, *, presented: bool = False) -> None:
+        super().__init__(message)
+        self.presented = presented  # a key was sent (RFC 6750: error="invalid_token")
+
+
+class Forbidden(TaskManagerError):
+    """A valid key without the scope (or knowledge base) this request needs."""
+
+    code = "forbidden"
+
+    def __init__(self, message: str, errors: list[FieldError] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or []
+
+
+class RateLimited(TaskManagerError):
+    """A token bucket is empty: the caller should wait `retry_after_seconds`."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after_seconds: int) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class PayloadTooLarge(TaskManagerError):
+    code = "payload_too_large"
+
+
 class Unavailable(TaskManagerError):
     """A backing service (broker, database) cannot take the request now; retry later."""
 

@@ -21,9 +21,9 @@ class FileAccessError(Permanent):
     code = "file_access_error"
 
 
-def resolve_within_roots(raw: str, roots: Sequence[Path]) -> Path:
-    """The real path of `raw` if it lies inside a root; relative paths are taken
-    from the first root."""
+def check_path_syntax(raw: str, roots: Sequence[Path]) -> None:
+    """What can be told about a `file_path` without touching the filesystem (the
+    api's submit-time check; the worker resolves symlinks when it reads)."""
     if "\x00" in raw:
         raise FileAccessError("file_path contains a NUL byte")
     if not raw.strip():
@@ -31,6 +31,16 @@ def resolve_within_roots(raw: str, roots: Sequence[Path]) -> Path:
     candidate = Path(raw)
     if ".." in candidate.parts:
         raise FileAccessError("file_path must not contain '..'")
+    if candidate.is_absolute() and not any(candidate.is_relative_to(root) for root in roots):
+        allowed = ", ".join(str(r) for r in roots)
+        raise FileAccessError(f"file {raw!r} is outside the allowed upload roots ({allowed})")
+
+
+def resolve_within_roots(raw: str, roots: Sequence[Path]) -> Path:
+    """The real path of `raw` if it lies inside a root; relative paths are taken
+    from the first root."""
+    check_path_syntax(raw, roots)
+    candidate = Path(raw)
     if not candidate.is_absolute():
         candidate = roots[0] / candidate
     try:

@@ -4,6 +4,7 @@ readiness runs each dependency check with a short timeout."""
 from __future__ import annotations
 
 import asyncio
+import hmac
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -50,15 +51,32 @@ async def metrics_handler(_: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+def metrics_token_middleware(token: str | None) -> Any:
+    """With METRICS_TOKEN set, /metrics answers only `Authorization: Bearer <token>`."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        if token is not None and request.path == "/metrics":
+            sent = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+                return _json({"error": {"code": "unauthorized", "message": "/metrics needs the METRICS_TOKEN"}},
+                             401, {"WWW-Authenticate": 'Bearer realm="taskmgr"'})
+        return await handler(request)
+
+    return middleware
 
 
-async def start_ops_server(host: str, port: int, checks: Mapping[str, Check], *, process: str) -> web.AppRunner | None:
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json", headers=headers)
+
+
+async def start_ops_server(
+    host: str, port: int, checks: Mapping[str, Check], *, process: str, metrics_token: str | None = None
+) -> web.AppRunner | None:
     """/metrics and /health/* for processes without their own HTTP API (workers, dispatcher)."""
     if port == 0:
         return None
-    app = web.Application()
+    app = web.Application(middlewares=[metrics_token_middleware(metrics_token)])
     app.add_routes([*health_routes(checks, process=process), web.get("/metrics", metrics_handler)])
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -33,7 +33,7 @@ def configure_logging(settings: ServiceSettings, *, process: str, secrets: Itera
     logger.remove()
     logger.configure(extra={"process": process})
     level = settings.log_level.upper()
-    if settings.is_production:
+    if settings.json_logs:
         logger.add(_JsonSink(redactor), level=level, enqueue=False, backtrace=False, diagnose=False)
     else:
         # diagnose=False: variable values in tracebacks could hold secrets.

@@ -36,6 +36,7 @@ task_attempts_total = Counter(
 )
 callback_attempts_total = Counter("callback_attempts_total", "Callback deliveries tried", ["outcome"])
 callback_failures_total = Counter("callback_failures_total", "Callbacks given up after the retry budget")
+callback_refused_total = Counter("callback_refused_total", "Callbacks refused by the SSRF policy (never sent)")
 dispatcher_event_lag_seconds = Histogram(
     "dispatcher_event_lag_seconds",
     "From an event's creation to its state being committed",

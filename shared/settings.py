@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 import pwd
+import ssl
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Literal, Annotated
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # env_ignore_empty: `KB_CALLBACK_URL=` (as docker-compose writes an unset
@@ -35,6 +36,8 @@ class ServiceSettings(BaseSettings):
 
     environment: Environment = Field(default=Environment.DEVELOPMENT, alias="ENVIRONMENT")
     log_level: str = Field(default="info", alias="LOG_LEVEL")
+    # json | text; unset: JSON lines in production, readable text in development.
+    log_format: Literal["json", "text"] | None = Field(default=None, alias="LOG_FORMAT")
     port: int = Field(default=8084, alias="PORT", ge=1, le=65535)
     # Development binds loopback only; production listens on every interface.
     bind_host: str | None = Field(default=None, alias="BIND_HOST")
@@ -45,6 +48,10 @@ class ServiceSettings(BaseSettings):
     @property
     def is_production(self) -> bool:
         return self.environment is Environment.PRODUCTION
+
+    @property
+    def json_logs(self) -> bool:
+        return self.log_format == "json" if self.log_format else self.is_production
 
     @property
     def http_host(self) -> str:
@@ -72,6 +79,13 @@ class AmqpSettings(BaseSettings):
 
         path = urlsplit(self.url.get_secret_value()).path
         return unquote(path[1:]) if len(path) > 1 else "/"
+    # false: processes only verify the topology (passively), for least-privilege users
+    # that may not declare it; `taskmgr topology` (an admin user) declares it instead.
+    declare_topology: bool = Field(default=True, alias="AMQP_DECLARE_TOPOLOGY")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.url.get_secret_value().startswith("amqps://")
 
     def connection_url(self) -> str:
         url = self.url.get_secret_value()
@@ -104,6 +118,8 @@ class PostgresSettings(BaseSettings):
     user: str = Field(default="postgres", alias="POSTGRES_USER")
     password: SecretStr | None = Field(default=None, alias="POSTGRES_PASSWORD")
     sslmode: str | None = Field(default=None, alias="POSTGRES_SSLMODE")
+    # CA bundle that verifies the server certificate (sslmode verify-ca / verify-full).
+    sslrootcert: Path | None = Field(default=None, alias="POSTGRES_SSLROOTCERT")
     pool_size: int = Field(default=10, alias="POSTGRES_POOL_SIZE", ge=1, le=200)
     local_port: int = Field(default=54329, alias="POSTGRES_LOCAL_PORT", ge=1, le=65535)
     local_data_dir: Path = Field(default_factory=_default_local_data_dir, alias="POSTGRES_LOCAL_DATA")
@@ -124,7 +140,8 @@ class PostgresSettings(BaseSettings):
     def sqlalchemy_url(self, database: str | None = None) -> str:
         from sqlalchemy.engine import URL
 
-        query = {"ssl": self.sslmode} if self.sslmode else {}
+        # With a CA bundle the engine passes an SSLContext instead (see ssl_context()).
+        query = {"ssl": self.sslmode} if self.sslmode and not self.sslrootcert else {}
         return URL.create(
             "postgresql+asyncpg",
             username=self.user,
@@ -134,6 +151,15 @@ class PostgresSettings(BaseSettings):
             database=database or self.db,
             query=query,
         ).render_as_string(hide_password=False)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A context verifying the server against POSTGRES_SSLROOTCERT (hostname too
+        unless sslmode is verify-ca); None when no CA bundle is configured."""
+        if not self.sslrootcert:
+            return None
+        context = ssl.create_default_context(cafile=str(self.sslrootcert))
+        context.check_hostname = self.sslmode != "verify-ca"
+        return context
 
     def describe(self) -> str:
         """Where we connect, without the password (safe to log)."""
@@ -191,6 +217,44 @@ class ApiSettings(BaseSettings):
     max_task_timeout_seconds: float = Field(default=1740, alias="MAX_TASK_TIMEOUT", gt=0)
 
 
+def _split_list(value: object) -> object:
+    """Comma- or space-separated text (or a JSON list) into a list."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import json
+
+            return json.loads(text)
+        return [part for part in text.replace(",", " ").split() if part]
+    return value
+
+
+class AuthSettings(BaseSettings):
+    """Who may call the api, and how often (API keys, scopes, token buckets)."""
+
+    model_config = _ENV
+
+    # Unset: true in production, false in development (then the api listens on loopback only).
+    auth_required: bool | None = Field(default=None, alias="AUTH_REQUIRED")
+    # A verified key is trusted this long before it is looked up again (revocations take this long).
+    api_key_cache_seconds: float = Field(default=5.0, alias="API_KEY_CACHE_SECONDS", ge=0)
+    # When set, /metrics (api, workers, dispatcher) needs `Authorization: Bearer <METRICS_TOKEN>`.
+    metrics_token: SecretStr | None = Field(default=None, alias="METRICS_TOKEN")
+    # Token bucket per API key (per client address when auth is off); 0 turns it off.
+    rate_limit_per_second: float = Field(default=100.0, alias="RATE_LIMIT_PER_SECOND", ge=0)
+    rate_limit_burst: int = Field(default=200, alias="RATE_LIMIT_BURST", ge=1)
+    # Token bucket per kb_id, charged one token per task submitted for it; 0 turns it off.
+    kb_rate_limit_per_second: float = Field(default=50.0, alias="KB_RATE_LIMIT_PER_SECOND", ge=0)
+    kb_rate_limit_burst: int = Field(default=1000, alias="KB_RATE_LIMIT_BURST", ge=1)
+    # The key `taskmgr submit|status|cancel|dlq` send to the api.
+    cli_api_key: SecretStr | None = Field(default=None, alias="TASKMGR_API_KEY")
+
+    def required(self, environment: Environment) -> bool:
+        if self.auth_required is None:
+            return environment is Environment.PRODUCTION
+        return self.auth_required
+
+
 class CallbackSettings(BaseSettings):
     model_config = _ENV
 
@@ -202,6 +266,35 @@ class CallbackSettings(BaseSettings):
     backoff_base_seconds: float = Field(default=1.0, alias="CALLBACK_BACKOFF_BASE", gt=0)
     backoff_max_seconds: float = Field(default=600, alias="CALLBACK_BACKOFF_MAX", gt=0)
     concurrency: int = Field(default=32, alias="CALLBACK_CONCURRENCY", ge=1)
+    # Hosts (names, IP literals or CIDR ranges) callbacks may reach even on loopback,
+    # private, link-local or other non-public addresses, on any port. Unset: localhost
+    # in development, none in production. KB_CALLBACK_URL's host is always allowed.
+    allowed_hosts: Annotated[list[str] | None, NoDecode] = Field(default=None, alias="CALLBACK_ALLOWED_HOSTS")
+    # Ports callbacks may use besides 80 (http) and 443 (https).
+    allowed_ports: Annotated[list[int], NoDecode] = Field(default_factory=list, alias="CALLBACK_ALLOWED_PORTS")
+
+    @field_validator("allowed_hosts", "allowed_ports", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        # "none" says "no allowlist" explicitly (an empty variable means unset).
+        if isinstance(value, str) and value.strip().lower() == "none":
+            return []
+        return _split_list(value)
+
+    def effective_allowed_hosts(self, environment: Environment) -> list[str]:
+        if self.allowed_hosts is not None:
+            hosts = list(self.allowed_hosts)
+        elif environment is Environment.PRODUCTION:
+            hosts = []
+        else:
+            hosts = ["localhost", "127.0.0.1", "::1"]
+        if self.kb_callback_url:
+            from urllib.parse import urlsplit
+
+            configured = urlsplit(self.kb_callback_url).hostname
+            if configured:  # operator configuration, not client input
+                hosts.append(configured)
+        return hosts
 
     def secrets(self) -> list[str]:
         if self.callback_secret is None:
@@ -222,6 +315,11 @@ class FileSettings(BaseSettings):
     # Set as a JSON list or os.pathsep-separated: UPLOAD_ROOTS=/srv/uploads:/mnt/shared
     upload_roots: Annotated[list[Path], NoDecode] = Field(default_factory=_default_upload_roots, alias="UPLOAD_ROOTS")
     max_file_bytes: int = Field(default=100 * 1024 * 1024, alias="MAX_FILE_BYTES", ge=1)
+    # An upload is deleted this long after the last task using it ended ...
+    upload_retention_seconds: float = Field(default=24 * 3600, alias="UPLOAD_RETENTION_SECONDS", ge=0)
+    # ... or this long after it was uploaded when no task ever used it.
+    upload_unused_ttl_seconds: float = Field(default=24 * 3600, alias="UPLOAD_UNUSED_TTL_SECONDS", gt=0)
+    upload_sweep_interval_seconds: float = Field(default=60, alias="UPLOAD_SWEEP_INTERVAL", gt=0)
 
     @field_validator("upload_roots", mode="before")
     @classmethod
@@ -268,6 +366,21 @@ class Settings(BaseModel):
     callbacks: Annotated[CallbackSettings, Field(default_factory=CallbackSettings)]
     dispatcher: Annotated[DispatcherSettings, Field(default_factory=DispatcherSettings)]
     files: Annotated[FileSettings, Field(default_factory=FileSettings)]
+    auth: Annotated[AuthSettings, Field(default_factory=AuthSettings)]
+
+    @model_validator(mode="after")
+    def _kb_burst_fits_a_batch(self) -> Settings:
+        # A batch for one kb that can never fit in its bucket would be refused forever.
+        if self.auth.kb_rate_limit_per_second and self.auth.kb_rate_limit_burst < self.api.max_batch_size:
+            raise ValueError(
+                f"KB_RATE_LIMIT_BURST ({self.auth.kb_rate_limit_burst}) must be at least "
+                f"MAX_BATCH_SIZE ({self.api.max_batch_size})"
+            )
+        return self
+
+    @property
+    def auth_required(self) -> bool:
+        return self.auth.required(self.service.environment)
 
     @classmethod
     def from_env(cls) -> Settings:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError
 
 from shared.errors import FieldError, InvalidRequest
+from shared.json_types import JsonFloat, json_int
 from shared.status import Priority
 from shared.task_types import TaskType, TaskTypeRegistry
 
@@ -38,6 +39,10 @@ SERVER_OWNED_FIELDS = frozenset(
     }
 )
 
+# The schema's ceiling for timeout_seconds; MAX_TASK_TIMEOUT (default 1740 s, under
+# RabbitMQ's default consumer_timeout) is the operative limit below it.
+TIMEOUT_SECONDS_CEILING = 86_400
+
 KB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
 
 
@@ -54,11 +59,12 @@ class TaskRequest(BaseModel):
     )
     payload: dict[str, Any] = Field(default_factory=dict, description="Input of the task type.")
     priority: Priority = Field(default=Priority.NORMAL, description="high, normal or low.")
-    retry_limit: int | None = Field(
-        default=None, ge=0, description="Retries after the first attempt; default MAX_RETRY_ATTEMPTS."
+    # Constraints sit inside the Annotated so they bind to the number, not to the `| None` union.
+    retry_limit: json_int(ge=0) | None = Field(  # type: ignore[valid-type]
+        default=None, description="Retries after the first attempt; default MAX_RETRY_ATTEMPTS."
     )
-    timeout_seconds: float | None = Field(
-        default=None, gt=0, le=86_400, description="Per-attempt time limit; default TASK_TIMEOUT."
+    timeout_seconds: Annotated[JsonFloat, Field(gt=0, le=TIMEOUT_SECONDS_CEILING)] | None = Field(
+        default=None, description="Per-attempt time limit; default TASK_TIMEOUT."
     )
     callback_url: AnyHttpUrl | None = Field(
         default=None, description="POSTed when the task ends; default KB_CALLBACK_URL."
@@ -110,6 +116,7 @@ def validate_task_request(
         for key in data
         if key in SERVER_OWNED_FIELDS
     ]
+    errors.extend(FieldError(path, "must not contain NUL characters (\\u0000)") for path in _nul_paths(data))
     try:
         request = model.model_validate({k: v for k, v in data.items() if k not in SERVER_OWNED_FIELDS})
     except ValidationError as exc:
@@ -148,10 +155,30 @@ def validate_task_request(
     )
 
 
+def _nul_paths(value: Any, path: str = "") -> list[str]:
+    """Where NUL characters hide in keys or strings (PostgreSQL text and JSONB cannot hold them)."""
+    if isinstance(value, str):
+        return [path or "body"] if "\x00" in value else []
+    if isinstance(value, dict):
+        found = []
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            found.extend([where] if "\x00" in str(key) else _nul_paths(item, where))
+        return found
+    if isinstance(value, list):
+        return [p for i, item in enumerate(value) for p in _nul_paths(item, f"{path}.{i}" if path else str(i))]
+    return []
+
+
 def _fingerprint(request: TaskRequest) -> str:
     """Same request, same hash: tells an idempotent retry from a reused key."""
     body = request.model_dump(mode="json", exclude={"idempotency_key"})
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def field_errors(exc: ValidationError, prefix: str | None = None) -> list[FieldError]:
+    """pydantic's errors as FieldErrors (`payload.seconds: ...`), for any model validated at an edge."""
+    return _field_errors(exc, prefix)
 
 
 def _field_errors(exc: ValidationError, prefix: str | None = None) -> list[FieldError]:

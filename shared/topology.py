@@ -9,7 +9,8 @@ only here.
     tm.dlx     (fanout)  -->                tm.dead
     tm.events  (topic)   --task.#-->        tm.dispatcher.events
     tm.control (fanout)  -->                one exclusive queue per worker
-    (default)            --tm.submit-->     tm.submit          ingress for publishing services
+    tm.submit  (fanout)  -->                tm.submit          ingress for publishing services
+    (default)            --tm.submit-->     tm.submit          (the same queue, for trusted internal publishers)
     (default)            --tm.dispatcher.rpc--> questions to the dispatcher (which tasks are cancelled)
 """
 
@@ -30,6 +31,9 @@ RETRY_EXCHANGE = "tm.retry"
 DEAD_LETTER_EXCHANGE = "tm.dlx"
 EVENTS_EXCHANGE = "tm.events"
 CONTROL_EXCHANGE = "tm.control"
+# Its own exchange so an external publisher can be given write on it alone: write
+# on the default exchange would reach every queue by name (deploy/rabbitmq).
+SUBMIT_EXCHANGE = "tm.submit"
 
 SUBMIT_QUEUE = "tm.submit"
 DEAD_QUEUE = "tm.dead"
@@ -89,6 +93,9 @@ class Queue:
 class Topology:
     stages: tuple[str, ...]
     stage_queue_max_length: int = 1_000_000
+    # False (AMQP_DECLARE_TOPOLOGY=false): this process only checks that the
+    # topology exists, for users without `configure` permission.
+    declare: bool = True
     exchanges: tuple[Exchange, ...] = field(init=False)
     queues: tuple[Queue, ...] = field(init=False)
 
@@ -129,6 +136,7 @@ class Topology:
                 ("x-overflow", "reject-publish"),
                 ("x-dead-letter-exchange", DEAD_LETTER_EXCHANGE),
             ),
+            bindings=(Binding(SUBMIT_EXCHANGE),),
         )
         # Questions expire unanswered after 10 s: the asker has moved on by then.
         yield Queue(DISPATCHER_RPC_QUEUE, arguments=(("x-message-ttl", 10_000),))
@@ -152,6 +160,7 @@ def _exchanges() -> tuple[Exchange, ...]:
         Exchange(DEAD_LETTER_EXCHANGE, ExchangeType.FANOUT),
         Exchange(EVENTS_EXCHANGE, ExchangeType.TOPIC),
         Exchange(CONTROL_EXCHANGE, ExchangeType.FANOUT),
+        Exchange(SUBMIT_EXCHANGE, ExchangeType.FANOUT),
     )
 
 
@@ -188,10 +197,25 @@ async def declare_topology(channel: AbstractChannel, topology: Topology) -> None
 
 async def declare_queue(channel: AbstractChannel, topology: Topology, name: str) -> aio_pika.abc.AbstractQueue:
     """Declare one queue of the spec for consuming. On a robust channel the queue
-    is then re-declared, with the same arguments, and its consumers restored
-    after a reconnect (a queue got with `get_queue` would not be)."""
+    is then re-declared (with the same arguments, or passively when this process
+    does not own the topology) and its consumers restored after a reconnect; a
+    queue got with `get_queue` would be forgotten."""
     spec = topology.queue(name)
+    if not topology.declare:
+        return await channel.declare_queue(spec.name, passive=True)
     return await channel.declare_queue(spec.name, durable=True, arguments=dict(spec.arguments))
+
+
+async def setup_topology(connection: aio_pika.abc.AbstractRobustConnection, topology: Topology) -> None:
+    """At start: declare the topology (or only verify it), and declare it again
+    after every reconnect when this process owns it."""
+    channel = await connection.channel()
+    try:
+        await prepare_topology(channel, topology, declare=topology.declare)
+    finally:
+        await channel.close()
+    if topology.declare:
+        redeclare_on_reconnect(connection, topology)
 
 
 def redeclare_on_reconnect(connection: aio_pika.abc.AbstractRobustConnection, topology: Topology) -> None:
@@ -206,6 +230,16 @@ def redeclare_on_reconnect(connection: aio_pika.abc.AbstractRobustConnection, to
             await channel.close()
 
     connection.reconnect_callbacks.add(redeclare)
+
+
+async def prepare_topology(channel: AbstractChannel, topology: Topology, *, declare: bool) -> None:
+    """Declare the topology, or (AMQP_DECLARE_TOPOLOGY=false, least-privilege users
+    without `configure` permission) only check that it exists: passive declares
+    need no permission."""
+    if declare:
+        await declare_topology(channel, topology)
+    else:
+        await verify_topology(channel, topology)
 
 
 async def verify_topology(channel: AbstractChannel, topology: Topology) -> dict[str, int]:

@@ -30,7 +30,14 @@ def _lines(fleet: Fleet, name: str) -> list[dict]:  # type: ignore[type-arg]
 async def test_production_logs_are_json_lines_with_task_fields_and_no_secrets(
     fleet_factory: FleetFactory, http  # type: ignore[no-untyped-def]
 ) -> None:
-    production = {"ENVIRONMENT": "production", "CALLBACK_SECRET": CALLBACK_SECRET, "CALLBACK_MAX_ATTEMPTS": "1"}
+    # The production log format; a full production start (TLS-less refusals, API keys,
+    # role users) is covered by tests/test_least_privilege_and_secrets.py.
+    # A callback URL with credentials (operator configuration: clients may not send
+    # those), to a port where nothing listens: the dispatcher logs the failed
+    # delivery, URL included.
+    hook = f"http://kb:{URL_PASSWORD}@127.0.0.1:{free_port()}/hook"
+    production = {"LOG_FORMAT": "json", "CALLBACK_SECRET": CALLBACK_SECRET, "CALLBACK_MAX_ATTEMPTS": "1",
+                  "KB_CALLBACK_URL": hook}
 
     def configure(fleet: Fleet) -> None:
         fleet.add_api(**production)
@@ -39,10 +46,7 @@ async def test_production_logs_are_json_lines_with_task_fields_and_no_secrets(
 
     fleet = await fleet_factory(configure)
     api = ApiClient(fleet.api_url, http)
-    # A callback URL with credentials, to a port where nothing listens: the
-    # dispatcher logs the failed delivery, URL included.
-    hook = f"http://kb:{URL_PASSWORD}@127.0.0.1:{free_port()}/hook"
-    task = await api.run({"task_type": "echo", "kb_id": "kb_42", "callback_url": hook, "payload": {"x": 1}})
+    task = await api.run({"task_type": "echo", "kb_id": "kb_42", "payload": {"x": 1}})
     failed = await api.run({"task_type": "fail", "kb_id": "kb_42", "payload": {"permanent": True}})
     await api.wait_for_callback(task["task_id"], "failed")
     fleet.stop()  # flush and close every log
@@ -61,7 +65,8 @@ async def test_production_logs_are_json_lines_with_task_fields_and_no_secrets(
     [attempt] = about["worker-default"]
     assert attempt["attempt"] == 1 and attempt["message"].startswith("attempt succeeded")
     [gave_up] = [line for line in about["dispatcher"] if "failed for good" in line["message"]]
-    assert gave_up["level"] == "error" and "kb:***@127.0.0.1" in gave_up["message"]
+    assert gave_up["level"] == "error" and "127.0.0.1" in gave_up["message"]
+    assert URL_PASSWORD not in gave_up["message"]
 
     [failed_attempt] = [line for line in _lines(fleet, "worker-default") if line.get("task_id") == failed["task_id"]]
     assert failed_attempt["task_type"] == "fail" and failed_attempt["attempt"] == 1

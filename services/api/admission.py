@@ -54,28 +54,31 @@ class Admission:
         self._wait_seconds = wait_seconds
 
     async def admit(
-        self, items: Sequence[tuple[ValidTask, str | None]], *, via: str
+        self, items: Sequence[tuple[ValidTask, str | None]], *, via: str, owner: str
     ) -> list[AdmissionResult]:
-        """Admit `(task, idempotency_key)` pairs; one result per item, in order."""
+        """Admit `(task, idempotency_key)` pairs for `owner` (whose namespace the
+        idempotency keys live in); one result per item, in order."""
         try:
             await asyncio.wait_for(self._slots.acquire(), self._wait_seconds)
         except TimeoutError:
             busy = Unavailable("too many tasks are being admitted right now; retry shortly")
             return [busy for _ in items]
         try:
-            return await self._admit(items, via)
+            return await self._admit(items, via, owner)
         finally:
             self._slots.release()
 
-    async def _admit(self, items: Sequence[tuple[ValidTask, str | None]], via: str) -> list[AdmissionResult]:
+    async def _admit(
+        self, items: Sequence[tuple[ValidTask, str | None]], via: str, owner: str
+    ) -> list[AdmissionResult]:
         now = utcnow()
-        rows = [_row(valid, key, now) for valid, key in items]
+        rows = [_row(valid, key, now, owner) for valid, key in items]
         results: list[AdmissionResult | None] = [None] * len(items)
         try:
             async with self._engine.begin() as conn:
                 inserted = await repo.insert_tasks(conn, rows)
                 existing = await repo.tasks_by_idempotency_key(
-                    conn, [r["idempotency_key"] for r in rows if r["id"] not in inserted]
+                    conn, owner, [r["idempotency_key"] for r in rows if r["id"] not in inserted]
                 )
                 to_publish = []
                 for i, row in enumerate(rows):
@@ -111,7 +114,7 @@ class Admission:
         return [r for r in results if r is not None]
 
 
-def _row(valid: ValidTask, idempotency_key: str | None, now: datetime) -> dict[str, object]:
+def _row(valid: ValidTask, idempotency_key: str | None, now: datetime, owner: str) -> dict[str, object]:
     request = valid.request
     return {
         "id": new_task_id(),
@@ -131,6 +134,7 @@ def _row(valid: ValidTask, idempotency_key: str | None, now: datetime) -> dict[s
         "updated_at": now,
         "idempotency_key": idempotency_key,
         "request_hash": valid.request_hash,
+        "created_by": owner,
     }
 
 

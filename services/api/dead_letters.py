@@ -84,9 +84,12 @@ class DeadLetterQueue:
         wanted = set(task_ids) if task_ids is not None else None
         replayed: list[str] = []
         skipped: list[dict[str, str]] = []
+        # Only what is dead now: a replayed task that fails again meanwhile is a new
+        # dead letter, and scanning to the end would replay it again (and again).
+        present = await self.depth()
         channel = await self._connection.channel()
         try:
-            async for message, letter in _scan(channel, limit=None):
+            async for message, letter in _scan(channel, limit=present):
                 if len(replayed) >= limit:
                     break
                 if wanted is not None and letter.task_id not in wanted:

@@ -8,13 +8,28 @@ from typing import Any
 import orjson
 from aiohttp import web
 from loguru import logger
+from pydantic import BaseModel
 
-from shared.errors import Conflict, FieldError, InvalidRequest, NotFound, TaskManagerError, Unavailable
+from shared.errors import (
+    Conflict,
+    FieldError,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    TaskManagerError,
+    Unauthorized,
+    Unavailable,
+)
 
 JSON_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """`body` is JSON-ready data or a response model (`schemas.py`; unset optional fields left out)."""
+    if isinstance(body, BaseModel):
+        body = body.model_dump(exclude_unset=True)
     return web.Response(
         body=orjson.dumps(body, option=JSON_OPTIONS), status=status, headers=headers, content_type="application/json"
     )
@@ -42,7 +57,18 @@ class MalformedJson(TaskManagerError):
     code = "malformed_json"
 
 
-_STATUS = {InvalidRequest: 422, NotFound: 404, Conflict: 409, Unavailable: 503, MalformedJson: 400}
+_STATUS = {
+    InvalidRequest: 422, NotFound: 404, Conflict: 409, Unavailable: 503, MalformedJson: 400,
+    Unauthorized: 401, Forbidden: 403, RateLimited: 429, PayloadTooLarge: 413,
+}
+
+
+def _headers(exc: TaskManagerError) -> dict[str, str] | None:
+    if isinstance(exc, Unavailable | RateLimited):
+        return {"Retry-After": str(exc.retry_after_seconds)}
+    if isinstance(exc, Unauthorized):  # RFC 6750
+        return {"WWW-Authenticate": 'Bearer realm="taskmgr"' + (', error="invalid_token"' if exc.presented else "")}
+    return None
 
 
 @web.middleware
@@ -51,11 +77,12 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         return await handler(request)
     except TaskManagerError as exc:
         status = next((s for cls, s in _STATUS.items() if isinstance(exc, cls)), 400)
-        headers = {"Retry-After": str(exc.retry_after_seconds)} if isinstance(exc, Unavailable) else None
         if isinstance(exc, Unavailable):
             logger.warning("503 on {} {}: {}", request.method, request.path, exc.message)
-        details = exc.errors if isinstance(exc, InvalidRequest) else None
-        return json_response(error_body(exc.code, exc.message, details), status, headers)
+        elif isinstance(exc, Unauthorized | Forbidden):
+            logger.info("{} on {} {} from {}: {}", status, request.method, request.path, request.remote, exc.message)
+        details = exc.errors if isinstance(exc, InvalidRequest | Forbidden) else None
+        return json_response(error_body(exc.code, exc.message, details), status, _headers(exc))
     except web.HTTPRequestEntityTooLarge:
         from services.api.resources import SETTINGS
 
@@ -66,8 +93,11 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
             raise
         code = exc.reason.lower().replace(" ", "_")
         message = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
-        return json_response(error_body(code, message), exc.status, {k: v for k, v in exc.headers.items()
-                                                                     if k in ("Allow",)})
+        headers = {}
+        if "Allow" in exc.headers:
+            # HEAD is implied by GET (RFC 9110); the contract lists the methods it documents.
+            headers["Allow"] = ",".join(m for m in exc.headers["Allow"].split(",") if m.strip() != "HEAD")
+        return json_response(error_body(code, message), exc.status, headers)
     except Exception:
         logger.exception("unhandled error on {} {}", request.method, request.path)
         return json_response(error_body("internal_error", "an internal error occurred"), 500)

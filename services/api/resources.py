@@ -12,19 +12,24 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.api.admission import Admission
+from services.api.auth import AUTHENTICATOR, Authenticator
 from services.api.dead_letters import DeadLetterQueue
 from services.api.queue_monitor import QueueMonitor
 from services.api.queue_stats import QueueStats
 from services.api.worker_registry import WorkerRegistry
+from services.api.submission_checks import SubmissionChecks
 from shared.amqp.connection import connect
 from shared.amqp.publisher import Publisher
 from shared.amqp.readiness import BrokerReadiness
 from shared.db.engine import create_engine
 from shared.runtime import bounded
+from shared.security.api_key_store import ApiKeyStore
+from shared.security.callback_policy import CallbackPolicy
 from shared.settings import Settings
 from shared.task_request import RequestLimits
 from shared.task_types import TaskTypeRegistry
-from shared.topology import Topology, declare_topology, redeclare_on_reconnect
+from shared.topology import Topology, setup_topology
+from shared.uploads import UploadStore
 
 SETTINGS = web.AppKey("settings", Settings)
 REGISTRY = web.AppKey("registry", TaskTypeRegistry)
@@ -39,24 +44,40 @@ BROKER_READINESS = web.AppKey("broker_readiness", BrokerReadiness)
 QUEUE_MONITOR = web.AppKey("queue_monitor", QueueMonitor)
 QUEUE_STATS = web.AppKey("queue_stats", QueueStats)
 WORKER_REGISTRY = web.AppKey("worker_registry", WorkerRegistry)
+CHECKS = web.AppKey("submission_checks", SubmissionChecks)
+UPLOAD_STORE = web.AppKey("upload_store", UploadStore)
+
+
+class StartupRefused(RuntimeError):
+    """Configuration the api will not run with (see shared/security/startup_checks.py)."""
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     app[ENGINE] = create_engine(settings.postgres)
     logger.info("task state in PostgreSQL at {}", settings.postgres.describe())
+    store = ApiKeyStore(app[ENGINE])
+    await _check_key_source(settings, store)
+    app[AUTHENTICATOR] = Authenticator(
+        store,
+        required=settings.auth_required,
+        cache_seconds=settings.auth.api_key_cache_seconds,
+        metrics_token=settings.auth.metrics_token.get_secret_value() if settings.auth.metrics_token else None,
+    )
+    policy = CallbackPolicy.from_settings(settings.callbacks, settings.service.environment)
+    app[CHECKS] = SubmissionChecks(app[ENGINE], policy, settings.files.upload_roots)
+    app[UPLOAD_STORE] = UploadStore(settings.files.upload_store_root)
     yield
     await bounded(app[ENGINE].dispose(), "closing database connections")
 
 
 async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    topology = Topology(app[REGISTRY].stages(), settings.amqp.stage_queue_max_length)
+    topology = Topology(
+        app[REGISTRY].stages(), settings.amqp.stage_queue_max_length, declare=settings.amqp.declare_topology
+    )
     connection = await connect(settings.amqp, name="api")
-    channel = await connection.channel()
-    await declare_topology(channel, topology)
-    await channel.close()
-    redeclare_on_reconnect(connection, topology)
+    await setup_topology(connection, topology)
     app[TOPOLOGY] = topology
     app[CONNECTION] = connection
     app[BROKER_READINESS] = BrokerReadiness(connection)
@@ -79,3 +100,20 @@ async def check_database(app: web.Application) -> None:
 
 async def check_broker(app: web.Application) -> None:
     await app[BROKER_READINESS]()
+
+
+async def _check_key_source(settings: Settings, store: ApiKeyStore) -> None:
+    """Production with auth (always, see startup checks) needs a key to exist:
+    otherwise nobody could call it, and that is a misconfiguration."""
+    if not settings.auth_required:
+        logger.warning("AUTH_REQUIRED is off: every caller is trusted (development only; the api listens on {})",
+                       settings.service.http_host)
+        return
+    active = await store.count_active()
+    if active:
+        logger.info("API keys required; {} active key(s)", active)
+    elif settings.service.is_production:
+        raise StartupRefused("AUTH_REQUIRED in production but no active API key exists; "
+                             "create one with `taskmgr keys create --name NAME --scopes tasks:read,tasks:write`")
+    else:
+        logger.warning("AUTH_REQUIRED is on but no active API key exists: every call will get 401")

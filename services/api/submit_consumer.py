@@ -18,17 +18,23 @@ from loguru import logger
 
 from services.api.admission import Admission, Admitted
 from services.api.http import JSON_OPTIONS
+from services.api.submission_checks import SubmissionChecks
 from services.api.views import task_created_view
 from shared import metrics
 from shared.amqp.dead_letter import dead_letter_headers
 from shared.amqp.publisher import Publisher
 from shared.errors import InvalidRequest, TaskManagerError, Unavailable
+from shared.security.api_keys import Principal, Scope
 from shared.task_request import RequestLimits, validate_task_request
 from shared.task_types import TaskTypeRegistry
 from shared.topology import SUBMIT_QUEUE, Topology, declare_queue
 
 PREFETCH = 64
 UNAVAILABLE_PAUSE_SECONDS = 1.0
+
+# tm.submit is authorised by RabbitMQ (who may write to it), not by API keys: a
+# publisher that got in acts for every knowledge base, under one idempotency namespace.
+AMQP_PRINCIPAL = Principal(owner="amqp", name="tm.submit", scopes=frozenset(Scope), kb_ids=None)
 
 
 class SubmitConsumer:
@@ -39,9 +45,11 @@ class SubmitConsumer:
         publisher: Publisher,
         registry: TaskTypeRegistry,
         limits: RequestLimits,
+        checks: SubmissionChecks,
         topology: Topology,
     ) -> None:
         self._channel = channel
+        self._checks = checks
         self._topology = topology
         self._admission = admission
         self._publisher = publisher
@@ -70,11 +78,12 @@ class SubmitConsumer:
             return
         try:
             valid = validate_task_request(data, self._registry, self._limits)
+            await self._checks.check(valid, AMQP_PRINCIPAL)
         except InvalidRequest as exc:
             await self._refuse(message, exc)
             return
-        key = f"amqp:{message.message_id}" if message.message_id else None
-        [result] = await self._admission.admit([(valid, key)], via="amqp")
+        key = message.message_id or None
+        [result] = await self._admission.admit([(valid, key)], via="amqp", owner=AMQP_PRINCIPAL.owner)
         if isinstance(result, Unavailable):
             # Not the message's fault: keep it and try again shortly.
             await asyncio.sleep(UNAVAILABLE_PAUSE_SECONDS)
@@ -84,7 +93,8 @@ class SubmitConsumer:
             await self._refuse(message, result)
             return
         assert isinstance(result, Admitted)
-        await self._reply(message, {"ok": True, "created": result.created, **task_created_view(result.task)})
+        created = task_created_view(result.task).model_dump()
+        await self._reply(message, {"ok": True, "created": result.created, **created})
         await message.ack()
 
     async def _refuse(self, message: AbstractIncomingMessage, error: TaskManagerError) -> None:

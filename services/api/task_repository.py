@@ -25,6 +25,15 @@ class TaskFilter:
     task_type: str | None = None
 
 
+# The knowledge bases a caller may see: None for all. Every read takes one, so
+# tenant isolation lives in the queries, not in checks after them.
+KbScope = frozenset[str] | None
+
+
+def _in_scope(query: Any, scope: KbScope) -> Any:
+    return query if scope is None else query.where(tasks.c.kb_id.in_(sorted(scope)))
+
+
 async def insert_tasks(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> set[str]:
     """Insert new rows; answers the ids actually inserted (an idempotency key
     that already exists inserts nothing)."""
@@ -34,7 +43,8 @@ async def insert_tasks(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]])
         pg_insert(tasks)
         .values(list(rows))
         .on_conflict_do_nothing(
-            index_elements=[tasks.c.idempotency_key], index_where=tasks.c.idempotency_key.isnot(None)
+            index_elements=[tasks.c.created_by, tasks.c.idempotency_key],
+            index_where=tasks.c.idempotency_key.isnot(None),
         )
         .returning(tasks.c.id)
     )
@@ -48,32 +58,36 @@ async def delete_tasks(conn: AsyncConnection, ids: Iterable[str]) -> None:
         await conn.execute(delete(tasks).where(tasks.c.id.in_(ids)))
 
 
-async def tasks_by_idempotency_key(conn: AsyncConnection, keys: Iterable[str]) -> dict[str, TaskRow]:
+async def tasks_by_idempotency_key(conn: AsyncConnection, owner: str, keys: Iterable[str]) -> dict[str, TaskRow]:
+    """Tasks `owner` created under these keys (another owner's keys are another namespace)."""
     keys = list(keys)
     if not keys:
         return {}
-    result = await conn.execute(select(tasks).where(tasks.c.idempotency_key.in_(keys)))
+    result = await conn.execute(
+        select(tasks).where(tasks.c.created_by == owner, tasks.c.idempotency_key.in_(keys))
+    )
     return {row.idempotency_key: row._mapping for row in result}
 
 
-async def get_task(conn: AsyncConnection, task_id: str) -> TaskRow | None:
-    result = await conn.execute(
+async def get_task(conn: AsyncConnection, task_id: str, *, scope: KbScope) -> TaskRow | None:
+    result = await conn.execute(_in_scope(
         select(tasks, callbacks.c.state.label("callback_state"), callbacks.c.attempts.label("callback_attempts"),
                callbacks.c.last_error.label("callback_last_error"))
         .select_from(
             tasks.outerjoin(callbacks, (callbacks.c.task_id == tasks.c.id) & (callbacks.c.run == tasks.c.run))
         )
-        .where(tasks.c.id == task_id)
-    )
+        .where(tasks.c.id == task_id),
+        scope,
+    ))
     row = result.first()
     return row._mapping if row else None
 
 
 async def list_tasks(
-    conn: AsyncConnection, task_filter: TaskFilter, *, limit: int, before_id: str | None
+    conn: AsyncConnection, task_filter: TaskFilter, *, limit: int, before_id: str | None, scope: KbScope
 ) -> list[TaskRow]:
     """Newest first; `before_id` is the cursor (ids are time-ordered UUIDv7)."""
-    query = select(tasks).order_by(tasks.c.id.desc()).limit(limit)
+    query = _in_scope(select(tasks).order_by(tasks.c.id.desc()).limit(limit), scope)
     if task_filter.kb_id is not None:
         query = query.where(tasks.c.kb_id == task_filter.kb_id)
     if task_filter.statuses:

@@ -16,14 +16,15 @@ class ApiError(Exception):
 
 
 class ApiClient:
-    def __init__(self, base_url: str, *, timeout: float = 10.0) -> None:
+    def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float = 10.0) -> None:
         self._base = base_url.rstrip("/")
         self._timeout = timeout
+        self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self._base + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json", **(headers or {})})
+                                     headers={"Content-Type": "application/json", **self._auth, **(headers or {})})
         try:
             with urllib.request.urlopen(req, timeout=self._timeout) as response:
                 return response.status, _decode(response.read())

@@ -96,6 +96,19 @@ def _parser() -> argparse.ArgumentParser:
         action.add_argument("task_ids", nargs="*")
         action.add_argument("--all", action="store_true")
     dlq.set_defaults(func=cmd_dlq)
+
+    keys = sub.add_parser("keys", help="API keys: create (shown once), list, revoke")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key and print it once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--scopes", required=True, help="comma-separated: tasks:read,tasks:write[,admin]")
+    create.add_argument("--kb", dest="kb_ids", action="append", metavar="KB_ID",
+                        help="restrict the key to this knowledge base (repeatable); default: all")
+    create.add_argument("--expires", help="lifetime such as 90d, 12h, 2w, 1y; default: never")
+    keys_sub.add_parser("list", help="every key (never the secret)")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by its id")
+    revoke.add_argument("key_id")
+    keys.set_defaults(func=cmd_keys)
     return parser
 
 
@@ -220,7 +233,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     for key in ("kb_id", "priority", "retry_limit", "callback_url"):
         if getattr(args, key) is not None:
             body[key] = getattr(args, key)
-    client = ApiClient(settings.service.api_url)
+    client = _client(settings)
     created = client.submit(body, args.idempotency_key)
     if not args.wait:
         _print(created)
@@ -234,17 +247,17 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    _print(ApiClient(settings.service.api_url).status(args.task_id))
+    _print(_client(settings).status(args.task_id))
     return 0
 
 
 def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
-    _print(ApiClient(settings.service.api_url).cancel(args.task_id))
+    _print(_client(settings).cancel(args.task_id))
     return 0
 
 
 def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
-    client = ApiClient(settings.service.api_url)
+    client = _client(settings)
     if args.dlq_command == "list":
         _print(client.request("GET", f"/api/v1/dlq?limit={args.limit}")[1])
     elif args.dlq_command == "show":
@@ -255,6 +268,18 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
         body = {"all": True} if args.all else {"task_ids": args.task_ids}
         _print(client.request("POST", f"/api/v1/dlq/{args.dlq_command}", body)[1])
     return 0
+
+
+def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
+    from services.cli.keys import run_keys_command
+
+    _ensure_postgres(settings)
+    return asyncio.run(run_keys_command(args, settings))
+
+
+def _client(settings: Settings) -> ApiClient:
+    key = settings.auth.cli_api_key
+    return ApiClient(settings.service.api_url, api_key=key.get_secret_value() if key else None)
 
 
 def _print(body: Any) -> None:

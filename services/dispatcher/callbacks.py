@@ -25,6 +25,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import metrics
+from shared.security.callback_policy import CallbackPolicy, CallbackRefused, redact_url
 from shared.settings import CallbackSettings
 from shared.webhooks import sign
 
@@ -75,10 +76,16 @@ class DueCallback:
 
 
 class CallbackSender:
-    def __init__(self, engine: AsyncEngine, settings: CallbackSettings, session: aiohttp.ClientSession) -> None:
+    """`session` must connect through `guarded_connector(policy)`: the policy is
+    checked on the URL here and on every resolved address in the connector."""
+
+    def __init__(
+        self, engine: AsyncEngine, settings: CallbackSettings, session: aiohttp.ClientSession, policy: CallbackPolicy
+    ) -> None:
         self._engine = engine
         self._settings = settings
         self._session = session
+        self._policy = policy
         self._secrets = settings.secrets()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -141,6 +148,7 @@ class CallbackSender:
         status_code: int | None = None
         error: str | None = None
         try:
+            self._policy.check_url(callback.url)
             async with self._session.post(
                 callback.url,
                 data=callback.body,
@@ -149,13 +157,34 @@ class CallbackSender:
                 timeout=aiohttp.ClientTimeout(total=self._settings.timeout_seconds),
             ) as response:
                 status_code = response.status
-                if not 200 <= response.status < 300:
+                if 300 <= response.status < 400:
+                    error = f"HTTP {response.status}: redirects are not followed"
+                elif not 200 <= response.status < 300:
                     error = f"HTTP {response.status}"
+        except CallbackRefused as exc:
+            await self._refuse(callback, exc)
+            return
+        except aiohttp.ClientConnectorDNSError as exc:
+            if isinstance(exc.os_error, CallbackRefused):
+                await self._refuse(callback, exc.os_error)
+                return
+            error = f"cannot resolve the callback host ({type(exc.os_error).__name__})"
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            # The message of a connection error names the address, never the URL's query.
             error = f"{type(exc).__name__}: {exc}"[:500] or type(exc).__name__
         await self._record(callback, status_code, error)
 
-    async def _record(self, callback: DueCallback, status_code: int | None, error: str | None) -> None:
+    async def _refuse(self, callback: DueCallback, exc: CallbackRefused) -> None:
+        """The policy refused the URL: no retry can help (a DNS answer changed to a
+        private address is exactly what must not be followed)."""
+        logger.warning("callback for task {} to {} refused: {}", callback.task_id, redact_url(callback.url),
+                       exc.message)
+        metrics.callback_refused_total.inc()
+        await self._record(callback, None, f"refused by the callback policy: {exc.message}", permanent=True)
+
+    async def _record(
+        self, callback: DueCallback, status_code: int | None, error: str | None, *, permanent: bool = False
+    ) -> None:
         params: dict[str, Any] = {"task_id": callback.task_id, "run": callback.run, "status_code": status_code}
         try:
             async with self._engine.begin() as conn:
@@ -166,7 +195,8 @@ class CallbackSender:
                     return
                 delay = self._delay_seconds(callback.attempts + 1)
                 state = (await conn.execute(_FAILED_ATTEMPT, {
-                    **params, "error": error, "delay": delay, "max_attempts": self._settings.max_attempts,
+                    **params, "error": error, "delay": delay,
+                    "max_attempts": 0 if permanent else self._settings.max_attempts,
                 })).scalar_one()
         except _DB_ERRORS as exc:
             # The lease expires and the callback is tried again: at-least-once.
@@ -176,7 +206,7 @@ class CallbackSender:
         if state == "failed":
             metrics.callback_failures_total.inc()
             logger.error("callback for task {} to {} failed for good after {} attempts: {}",
-                         callback.task_id, callback.url, callback.attempts + 1, error)
+                         callback.task_id, redact_url(callback.url), callback.attempts + 1, error)
         else:
             logger.warning("callback for task {} failed ({}); next try in {:.1f}s", callback.task_id, error, delay)
 

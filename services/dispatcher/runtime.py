@@ -19,25 +19,27 @@ from shared.amqp.readiness import BrokerReadiness
 from shared.db.engine import create_engine
 from shared.health import start_ops_server
 from shared.runtime import bounded, on_shutdown_signal
+from shared.security.callback_policy import CallbackPolicy, guarded_connector
 from shared.settings import Settings
 from shared.task_types import TaskTypeRegistry, default_registry
-from shared.topology import Topology, declare_topology, redeclare_on_reconnect
+from shared.topology import Topology, setup_topology
 
 
 async def run_dispatcher(settings: Settings, registry: TaskTypeRegistry | None = None) -> None:
     registry = registry or default_registry()
     engine = create_engine(settings.postgres)
     logger.info("task state in PostgreSQL at {}", settings.postgres.describe())
-    topology = Topology(registry.stages(), settings.amqp.stage_queue_max_length)
+    topology = Topology(
+        registry.stages(), settings.amqp.stage_queue_max_length, declare=settings.amqp.declare_topology
+    )
     connection = await connect(settings.amqp, name="dispatcher")
-    channel = await connection.channel()
-    await declare_topology(channel, topology)
-    await channel.close()
-    redeclare_on_reconnect(connection, topology)
+    await setup_topology(connection, topology)
     publisher = await Publisher.open(connection)
-    session = aiohttp.ClientSession()
+    policy = CallbackPolicy.from_settings(settings.callbacks, settings.service.environment)
+    # trust_env off: no proxy from the environment; the guarded connector is the only way out.
+    session = aiohttp.ClientSession(connector=guarded_connector(policy), trust_env=False)
 
-    callbacks = CallbackSender(engine, settings.callbacks, session)
+    callbacks = CallbackSender(engine, settings.callbacks, session, policy)
     consumer = EventConsumer(
         TaskStateWriter(engine, default_callback_url=settings.callbacks.kb_callback_url),
         publisher,
@@ -54,6 +56,7 @@ async def run_dispatcher(settings: Settings, registry: TaskTypeRegistry | None =
         settings.service.metrics_port,
         {"database": database_ready, "broker": BrokerReadiness(connection)},
         process="dispatcher",
+        metrics_token=settings.auth.metrics_token.get_secret_value() if settings.auth.metrics_token else None,
     )
     stop = asyncio.Event()
     on_shutdown_signal(stop.set)

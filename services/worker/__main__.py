@@ -9,6 +9,7 @@ from services.worker.runtime import run_worker
 from services.worker.stages import known_stages
 from shared.logging import configure_logging
 from shared.runtime import install_event_loop_policy
+from shared.security.startup_checks import enforce
 from shared.settings import Settings
 
 
@@ -18,6 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     configure_logging(settings.service, process=f"worker:{args.stage}", secrets=settings.secret_values())
+    enforce(settings, "worker")
     install_event_loop_policy()
     asyncio.run(run_worker(settings, args.stage))
 

@@ -16,6 +16,7 @@ from services.worker.estimates import DurationEstimator, estimate_completion
 from shared.amqp.publisher import EventPublisher
 from shared.errors import Unavailable
 from shared.messages import TaskMessage, TaskProgress, TaskStarted, utcnow
+from shared.task_files import TaskFiles
 
 PROGRESS_MIN_INTERVAL_SECONDS = 0.5
 T = TypeVar("T")
@@ -33,8 +34,10 @@ class AttemptContext:
         estimator: DurationEstimator,
         worker_id: str,
         cpu: CpuPool,
+        files: TaskFiles,
     ) -> None:
         self.task = task
+        self.files = files
         self.task_id = task.task_id
         self.kb_id = task.kb_id
         self.task_type = task.task_type

@@ -21,7 +21,12 @@ from datetime import timedelta
 from typing import Any
 
 import backoff
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
 from loguru import logger
 
 from services.worker.attempt import AttemptContext
@@ -47,6 +52,7 @@ from shared.messages import (
 )
 from shared.runtime import bounded
 from shared.settings import RetrySettings, WorkerSettings
+from shared.task_files import TaskFiles
 from shared.topology import TASKS_EXCHANGE, Topology, declare_queue, stage_queue
 
 
@@ -87,8 +93,10 @@ class StageWorker:
         retry_settings: RetrySettings,
         worker_id: str,
         cpu: CpuPool,
+        files: TaskFiles,
     ) -> None:
         self.stage = stage
+        self._files = files
         self.worker_id = worker_id
         self.pool_size = worker_settings.worker_pool_size
         self.processed = 0
@@ -199,7 +207,8 @@ class StageWorker:
 
     async def _attempt(self, task: TaskMessage, attempt: int) -> tuple[Outcome, AttemptContext]:
         ctx = AttemptContext(
-            task, attempt, events=self._publisher, estimator=self._estimator, worker_id=self.worker_id, cpu=self._cpu
+            task, attempt, events=self._publisher, estimator=self._estimator, worker_id=self.worker_id, cpu=self._cpu,
+            files=self._files,
         )
         timeout = task.timeout_seconds or self._settings.task_timeout
         loop = asyncio.get_running_loop()
@@ -335,7 +344,7 @@ class StageWorker:
             logger.error("dead-lettering a message: {}", reason)
             await self._settle(message, steps)
             return True
-        republish = lambda: self._publisher.publish(  # noqa: E731
+        republish = lambda: self._publisher.publish(
             TASKS_EXCHANGE, self.stage, message.body, headers={**headers, h.REDELIVERIES: count},
             priority=message.priority, message_id=message.message_id,
         )

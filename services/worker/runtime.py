@@ -21,8 +21,9 @@ from shared.amqp.readiness import BrokerReadiness
 from shared.health import start_ops_server
 from shared.runtime import bounded, on_shutdown_signal
 from shared.settings import Settings
+from shared.task_files import TaskFiles
 from shared.task_types import TaskTypeRegistry, default_registry
-from shared.topology import Topology, declare_topology, redeclare_on_reconnect
+from shared.topology import Topology, setup_topology
 
 # How long a starting worker waits to learn which tasks were cancelled meanwhile.
 CANCEL_SYNC_WAIT_SECONDS = 2.0
@@ -33,12 +34,11 @@ async def run_worker(settings: Settings, stage: str, registry: TaskTypeRegistry 
     handler = build_stage(stage, settings, registry)
     worker_id = f"{stage}@{socket.gethostname()}:{os.getpid()}"
 
-    topology = Topology(registry.stages(), settings.amqp.stage_queue_max_length)
+    topology = Topology(
+        registry.stages(), settings.amqp.stage_queue_max_length, declare=settings.amqp.declare_topology
+    )
     connection = await connect(settings.amqp, name=f"worker-{stage}")
-    channel = await connection.channel()
-    await declare_topology(channel, topology)
-    await channel.close()
-    redeclare_on_reconnect(connection, topology)
+    await setup_topology(connection, topology)
     publisher = await Publisher.open(connection)
 
     cpu = CpuPool(settings.worker.cpu_workers)
@@ -55,6 +55,7 @@ async def run_worker(settings: Settings, stage: str, registry: TaskTypeRegistry 
         retry_settings=settings.retry,
         worker_id=worker_id,
         cpu=cpu,
+        files=TaskFiles.from_settings(settings.files),
     )
     heartbeat = Heartbeat(worker, publisher, settings.worker.heartbeat_interval_seconds)
 
@@ -63,6 +64,7 @@ async def run_worker(settings: Settings, stage: str, registry: TaskTypeRegistry 
         settings.service.metrics_port,
         {"broker": BrokerReadiness(connection), "consumer": worker.check_consuming},
         process=worker_id,
+        metrics_token=settings.auth.metrics_token.get_secret_value() if settings.auth.metrics_token else None,
     )
     stop = asyncio.Event()
     on_shutdown_signal(stop.set)

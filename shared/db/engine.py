@@ -16,6 +16,10 @@ def _json_dumps(value: Any) -> str:
 
 def create_engine(settings: PostgresSettings, *, database: str | None = None, pool_size: int | None = None) -> AsyncEngine:
     size = pool_size or settings.pool_size
+    connect_args: dict[str, Any] = {"server_settings": {"application_name": "taskmgr"}, "timeout": 5}
+    ssl_context = settings.ssl_context()
+    if ssl_context is not None:
+        connect_args["ssl"] = ssl_context
     return create_async_engine(
         settings.sqlalchemy_url(database),
         pool_size=size,
@@ -23,5 +27,5 @@ def create_engine(settings: PostgresSettings, *, database: str | None = None, po
         pool_recycle=1800,
         json_serializer=_json_dumps,
         json_deserializer=orjson.loads,
-        connect_args={"server_settings": {"application_name": "taskmgr"}, "timeout": 5},
+        connect_args=connect_args,
     )

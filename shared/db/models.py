@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     Column,
     DateTime,
@@ -16,7 +17,7 @@ from sqlalchemy import (
     Text,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
 metadata = MetaData()
 
@@ -50,10 +51,13 @@ tasks = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("idempotency_key", Text),
     Column("request_hash", Text),
+    # "key:<id>", "anonymous" (auth off) or "amqp" (tm.submit); idempotency keys are per owner.
+    Column("created_by", Text, nullable=False, server_default="anonymous"),
     CheckConstraint(f"status IN {TASK_STATUSES}", name="ck_tasks_status"),
     CheckConstraint("progress BETWEEN 0 AND 100", name="ck_tasks_progress"),
-    Index("ux_tasks_idempotency_key", "idempotency_key", unique=True,
+    Index("ux_tasks_owner_idempotency_key", "created_by", "idempotency_key", unique=True,
           postgresql_where=text("idempotency_key IS NOT NULL")),
+    Index("ix_tasks_file_ref", text("(payload->>'file_ref')"), postgresql_where=text("payload ? 'file_ref'")),
     Index("ix_tasks_kb_id", "kb_id", text("id DESC")),
     Index("ix_tasks_status", "status", text("id DESC")),
     postgresql_with={"fillfactor": 80},
@@ -76,4 +80,34 @@ callbacks = Table(
     Column("delivered_at", DateTime(timezone=True)),
     CheckConstraint(f"state IN {CALLBACK_STATES}", name="ck_callbacks_state"),
     Index("ix_callbacks_due", "next_attempt_at", postgresql_where=text("state = 'pending'")),
+)
+
+# API keys: only a hash of the secret is stored; the key itself is shown once.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("secret_sha256", Text, nullable=False),
+    Column("scopes", ARRAY(Text), nullable=False),
+    Column("kb_ids", ARRAY(Text)),  # NULL: every knowledge base
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("revoked_at", DateTime(timezone=True)),
+    Column("last_used_at", DateTime(timezone=True)),
+)
+
+# Files posted to /api/v1/uploads (content under the upload store); owned by a kb.
+uploads = Table(
+    "uploads",
+    metadata,
+    Column("file_ref", Text, primary_key=True),
+    Column("kb_id", Text, nullable=False),
+    Column("created_by", Text, nullable=False),
+    Column("filename", Text),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("sha256", Text, nullable=False),
+    Column("content_type", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Index("ix_uploads_created_at", "created_at"),
 )

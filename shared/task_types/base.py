@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from shared.task_files import TaskFiles
 
 from pydantic import BaseModel, ConfigDict
 
@@ -18,6 +21,8 @@ class TaskContext(Protocol):
     task_type: str
     stage: str
     attempt: int
+    # Safe access to the file the payload names (file_ref / file_path).
+    files: TaskFiles
 
     async def progress(self, percent: float, message: str | None = None) -> None:
         """Report progress (0-100) within the current stage; only rises."""

@@ -8,11 +8,12 @@ from typing import Any
 
 from pydantic import Field
 
+from shared.json_types import JsonFloat
 from shared.task_types.base import Payload, TaskContext, TaskType
 
 
 class CpuPayload(Payload):
-    seconds: float = Field(default=1.0, ge=0, le=600)
+    seconds: JsonFloat = Field(default=1.0, ge=0, le=600)
 
 
 def burn(seconds: float) -> int:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
-
 from shared.errors import Permanent, Retryable
+from shared.json_types import JsonBool, json_int
 from shared.task_types.base import Payload, TaskContext, TaskType
 
 
 class FailPayload(Payload):
-    fail_times: int = Field(default=1, ge=0, le=100)
-    permanent: bool = False
+    fail_times: json_int(ge=0, le=100) = 1  # type: ignore[valid-type]
+    permanent: JsonBool = False
     message: str = "failing on purpose"
 
 

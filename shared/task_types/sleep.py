@@ -8,11 +8,12 @@ from typing import Any
 
 from pydantic import Field
 
+from shared.json_types import JsonFloat
 from shared.task_types.base import Payload, TaskContext, TaskType
 
 
 class SleepPayload(Payload):
-    seconds: float = Field(default=1.0, ge=0, le=3600)
+    seconds: JsonFloat = Field(default=1.0, ge=0, le=3600)
 
 
 async def run_sleep(payload: SleepPayload, ctx: TaskContext) -> dict[str, Any]:

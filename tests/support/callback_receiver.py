@@ -28,10 +28,12 @@ class Received:
 
 @dataclass
 class CallbackReceiver:
-    """Records every POST. `failures[path] = n` answers 500 to the first n POSTs on that path."""
+    """Records every POST. `failures[path] = n` answers 500 to the first n POSTs on that path;
+    `redirects[path] = url` answers 302 to `url` (which a sender must not follow)."""
 
     port: int = field(default_factory=free_port)
     failures: dict[str, int] = field(default_factory=dict)
+    redirects: dict[str, str] = field(default_factory=dict)
     received: list[Received] = field(default_factory=list)
     _runner: web.AppRunner | None = None
 
@@ -53,6 +55,9 @@ class CallbackReceiver:
     async def _handle(self, request: web.Request) -> web.Response:
         path = request.match_info["path"]
         body = await request.read()
+        if path in self.redirects:
+            self.received.append(Received(path, dict(request.headers), body, 302, time.monotonic()))
+            raise web.HTTPFound(self.redirects[path])
         remaining = self.failures.get(path, 0)
         status = 500 if remaining > 0 else 200
         if remaining > 0:

@@ -1,36 +1,107 @@
-"""`/api/v1/tasks`: submit, batch, read, list, cancel."""
+"""`/api/v1/tasks`: submit, batch, read, list, cancel.
+
+Who may call each route is decided by the access table (`access_policy.py`)
+before a handler runs; handlers only narrow what the caller sees to its
+knowledge bases (tenant scope in every query) and charge the per-kb bucket.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import re
+import uuid
+from collections import Counter
 from typing import Any
 
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.api import task_repository as repo
 from services.api.admission import Admitted
+from services.api.auth import principal_of
 from services.api.http import json_response, read_json
-from services.api.resources import ADMISSION, ENGINE, LIMITS, PUBLISHER, REGISTRY, SETTINGS
-from services.api.task_repository import TaskFilter
+from services.api.openapi import Operation, batch_request_schema, documented, task_request_schema
+from services.api.rate_limit import RATE_LIMITS
+from services.api.resources import ADMISSION, CHECKS, ENGINE, LIMITS, PUBLISHER, REGISTRY, SETTINGS
+from services.api.schemas import (
+    BatchItemResult,
+    BatchResult,
+    ErrorInfo,
+    ErrorResponse,
+    TaskCreated,
+    TaskPage,
+    TaskView,
+)
+from services.api.task_repository import KbScope, TaskFilter
 from services.api.views import task_created_view, task_view
-from shared.errors import FieldError, InvalidRequest, NotFound, TaskManagerError, Conflict
+from shared.errors import (
+    Conflict,
+    FieldError,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    TaskManagerError,
+)
 from shared.ids import is_task_id
 from shared.messages import CancelTask, TaskCancelled, utcnow
 from shared.status import TaskStatus
-from shared.task_request import BatchItem, ValidTask, validate_task_request
+from shared.task_request import (
+    KB_ID_PATTERN,
+    BatchItem,
+    ValidTask,
+    field_errors,
+    validate_task_request,
+)
 
 routes = web.RouteTableDef()
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+# Task ids are UUIDs; the pattern keeps /api/v1/tasks/batch from also matching {task_id}.
+TASK_ID_SEGMENT = "[0-9A-Fa-f-]{32,36}"
 CANCEL_WAIT_SECONDS = 1.0
+_IDEMPOTENCY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+_IDEMPOTENCY_KEY = re.compile(_IDEMPOTENCY_PATTERN)
+_IDEMPOTENCY_DOC = {IDEMPOTENCY_HEADER: ("The same key (per API key) returns the same task instead of a second one.",
+                                         {"type": "string", "pattern": _IDEMPOTENCY_PATTERN})}
+_STATUSES = "|".join(TaskStatus)
+
+
+class TaskListQuery(BaseModel):
+    """The query of `GET /api/v1/tasks`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kb_id: str | None = Field(default=None, pattern=KB_ID_PATTERN)
+    status: str | None = Field(default=None, pattern=rf"^({_STATUSES})(,({_STATUSES}))*$",
+                               description="Comma-separated statuses.")
+    task_type: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    limit: int = Field(default=50, ge=1, description="Page size, at most MAX_PAGE_SIZE.")
+    cursor: uuid.UUID | None = Field(default=None, description="`next_cursor` of the previous page.")
+
+
+def _list_query_doc(ctx: Any) -> dict[str, Any]:
+    schema = TaskListQuery.model_json_schema()
+    schema["properties"]["limit"]["maximum"] = ctx.settings.api.max_page_size
+    return schema
 
 
 @routes.post("/api/v1/tasks")
+@documented(Operation(
+    summary="Submit a task",
+    description="Answers once the task is recorded and the broker confirmed it. The `payload` schema depends on "
+                "`task_type`.",
+    body=task_request_schema, headers=_IDEMPOTENCY_DOC, errors=(409, 503),
+    responses={201: (TaskCreated, "Created."), 200: (TaskCreated, "An earlier task with this Idempotency-Key.")},
+))
 async def submit_task(request: web.Request) -> web.Response:
     app = request.app
+    principal = principal_of(request)
     valid = validate_task_request(await read_json(request), app[REGISTRY], app[LIMITS])
     key = _idempotency_key(request)
-    [result] = await app[ADMISSION].admit([(valid, key)], via="rest")
+    await app[CHECKS].check(valid, principal)
+    if valid.request.kb_id:
+        app[RATE_LIMITS].charge_kbs({valid.request.kb_id: 1})
+    [result] = await app[ADMISSION].admit([(valid, key)], via="rest", owner=principal.owner)
     if isinstance(result, TaskManagerError):
         raise result
     task_id = str(result.task["id"])
@@ -42,8 +113,17 @@ async def submit_task(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/tasks/batch")
+@documented(Operation(
+    summary="Submit several tasks",
+    description="Answers per item, in order: 201 all created, 207 some refused (each item says why), 422 none "
+                "could be (or any is invalid with `atomic: true`: then nothing is created).",
+    body=batch_request_schema, headers=_IDEMPOTENCY_DOC, errors=(409, 503),
+    responses={201: (BatchResult, "Every task created."), 207: (BatchResult, "Some items refused."),
+               422: ((BatchResult, ErrorResponse), "No task created: per-item results, or the envelope is invalid.")},
+))
 async def submit_batch(request: web.Request) -> web.Response:
     app = request.app
+    principal = principal_of(request)
     body = await read_json(request)
     if not isinstance(body, dict) or not isinstance(body.get("tasks"), list):
         raise InvalidRequest("send {\"tasks\": [...], \"atomic\": false}", [FieldError("tasks", "must be an array")])
@@ -60,32 +140,40 @@ async def submit_batch(request: web.Request) -> web.Response:
         )
     header_key = _idempotency_key(request)
 
-    validated: list[ValidTask | InvalidRequest] = []
+    outcomes: list[Any] = []
     for item in items:
         try:
-            validated.append(validate_task_request(item, app[REGISTRY], app[LIMITS], model=BatchItem))
+            outcomes.append(validate_task_request(item, app[REGISTRY], app[LIMITS], model=BatchItem))
         except InvalidRequest as exc:
-            validated.append(exc)
-    invalid = [i for i, v in enumerate(validated) if isinstance(v, InvalidRequest)]
-    if invalid and (atomic or len(invalid) == len(items)):
-        results = [_item_result(i, v) for i, v in enumerate(validated)]
-        message = "no task was created: " + ("atomic batch has invalid items" if atomic else "every item is invalid")
-        return json_response({"created": 0, "failed": len(items), "message": message, "results": results}, 422)
+            outcomes.append(exc)
+    valid_at = [i for i, v in enumerate(outcomes) if isinstance(v, ValidTask)]
+    checked = await app[CHECKS].check_many([outcomes[i] for i in valid_at], principal)
+    for i, problem in zip(valid_at, checked, strict=True):
+        if problem is not None:
+            outcomes[i] = problem  # another tenant's kb, a refused callback URL: refused per item
+    refused = [i for i, v in enumerate(outcomes) if not isinstance(v, ValidTask)]
+    if refused and (atomic or len(refused) == len(items)):
+        results = [_item_result(i, v) for i, v in enumerate(outcomes)]
+        message = "no task was created: " + ("atomic batch has refused items" if atomic else "every item was refused")
+        return json_response(BatchResult(created=0, failed=len(items), message=message, results=results), 422)
 
-    to_admit = [(i, v) for i, v in enumerate(validated) if isinstance(v, ValidTask)]
+    to_admit = [(i, v) for i, v in enumerate(outcomes) if isinstance(v, ValidTask)]
+    app[RATE_LIMITS].charge_kbs(dict(Counter(v.request.kb_id for _, v in to_admit if v.request.kb_id)))
     admitted = await app[ADMISSION].admit(
-        [(v, _item_key(v, header_key, i)) for i, v in to_admit], via="batch"
+        [(v, _item_key(v, header_key, i)) for i, v in to_admit], via="batch", owner=principal.owner
     )
-    outcomes: list[Any] = list(validated)
     for (i, _), result in zip(to_admit, admitted, strict=True):
         outcomes[i] = result
     results = [_item_result(i, v) for i, v in enumerate(outcomes)]
-    ok = sum(1 for r in results if r["ok"])
-    status = 201 if ok == len(results) else (207 if ok else 503)
-    return json_response({"created": ok, "failed": len(results) - ok, "results": results}, status)
+    ok = sum(1 for r in results if r.ok)
+    if not ok:  # nothing could be admitted (broker or database): the client retries the whole batch
+        raise next(r for r in admitted if isinstance(r, TaskManagerError))
+    return json_response(BatchResult(created=ok, failed=len(results) - ok, results=results),
+                         201 if ok == len(results) else 207)
 
 
-@routes.get("/api/v1/tasks/{task_id}")
+@routes.get(f"/api/v1/tasks/{{task_id:{TASK_ID_SEGMENT}}}")
+@documented(Operation(summary="Read a task", responses={200: (TaskView, "The task.")}))
 async def get_task(request: web.Request) -> web.Response:
     task_id = request.match_info["task_id"]
     row = await _find(request, task_id)
@@ -93,39 +181,44 @@ async def get_task(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/tasks")
+@documented(Operation(
+    summary="List tasks, newest first",
+    description="Only tasks of the knowledge bases the API key may use.",
+    query=_list_query_doc, errors=(422,), responses={200: (TaskPage, "A page of tasks.")},
+))
 async def list_tasks(request: web.Request) -> web.Response:
-    params = request.rel_url.query
-    allowed = {"kb_id", "status", "task_type", "limit", "cursor"}
-    errors = [FieldError(k, "unknown query parameter") for k in params if k not in allowed]
-    statuses = tuple(s for s in params.get("status", "").split(",") if s)
-    for status in statuses:
-        if status not in TaskStatus.__members__.values():
-            errors.append(FieldError("status", f"unknown status {status!r}; use {', '.join(TaskStatus)}"))
+    try:
+        query = TaskListQuery.model_validate(dict(request.rel_url.query))
+    except ValidationError as exc:
+        errors = field_errors(exc)
+        for error in errors:
+            if error["message"] == "unknown field":
+                error["message"] = "unknown query parameter"
+        raise InvalidRequest("invalid query", errors) from None
     max_page = request.app[SETTINGS].api.max_page_size
-    limit = 50
-    if "limit" in params:
-        try:
-            limit = int(params["limit"])
-        except ValueError:
-            limit = -1
-        if not 1 <= limit <= max_page:
-            errors.append(FieldError("limit", f"must be an integer from 1 to {max_page}"))
-    cursor = params.get("cursor")
-    if cursor is not None and not is_task_id(cursor):
-        errors.append(FieldError("cursor", "is not a cursor returned by this endpoint"))
-    if errors:
-        raise InvalidRequest("invalid query", errors)
+    if query.limit > max_page:
+        raise InvalidRequest("invalid query", [FieldError("limit", f"must be an integer from 1 to {max_page}")])
 
-    task_filter = TaskFilter(kb_id=params.get("kb_id"), statuses=statuses, task_type=params.get("task_type"))
+    scope = _scope(request)
+    if query.kb_id is not None and scope is not None and query.kb_id not in scope:
+        return json_response(TaskPage(items=[], next_cursor=None))  # another tenant's kb: nothing, not 403
+    statuses = tuple(query.status.split(",")) if query.status else ()
+    task_filter = TaskFilter(kb_id=query.kb_id, statuses=statuses, task_type=query.task_type)
     async with request.app[ENGINE].connect() as conn:
-        rows = await repo.list_tasks(conn, task_filter, limit=limit + 1, before_id=cursor)
-    page, more = rows[:limit], len(rows) > limit
-    return json_response(
-        {"items": [task_view(r) for r in page], "next_cursor": str(page[-1]["id"]) if more else None}
-    )
+        rows = await repo.list_tasks(conn, task_filter, limit=query.limit + 1,
+                                     before_id=str(query.cursor) if query.cursor else None, scope=scope)
+    page, more = rows[:query.limit], len(rows) > query.limit
+    return json_response(TaskPage(items=[task_view(r) for r in page],
+                                  next_cursor=str(page[-1]["id"]) if more else None))
 
 
-@routes.delete("/api/v1/tasks/{task_id}")
+@routes.delete(f"/api/v1/tasks/{{task_id:{TASK_ID_SEGMENT}}}")
+@documented(Operation(
+    summary="Cancel a task",
+    description="A queued task never runs; a running one is stopped by its worker.",
+    errors=(409, 503),
+    responses={200: (TaskView, "Cancelled."), 202: (TaskView, "Cancel requested; not final within a second.")},
+))
 async def cancel_task(request: web.Request) -> web.Response:
     """A queued task is never run; a running one is stopped by its worker.
     Answers 200 with the final state when it lands within a second, else 202."""
@@ -150,14 +243,20 @@ async def cancel_task(request: web.Request) -> web.Response:
         row = await _find(request, task_id)
         if TaskStatus(row["status"]).is_terminal:
             return json_response(task_view(row))
-    return json_response({**task_view(row), "cancel_requested": True}, 202)
+    return json_response(task_view(row, cancel_requested=True), 202)
+
+
+def _scope(request: web.Request) -> KbScope:
+    return principal_of(request).kb_ids
 
 
 async def _find(request: web.Request, task_id: str) -> repo.TaskRow:
+    """The task if the caller may see it; another tenant's task is exactly as
+    not-found as a task that never existed."""
     if not is_task_id(task_id):
         raise NotFound(f"task {task_id!r} not found")
     async with request.app[ENGINE].connect() as conn:
-        row = await repo.get_task(conn, task_id)
+        row = await repo.get_task(conn, task_id, scope=_scope(request))
     if row is None:
         raise NotFound(f"task {task_id!r} not found")
     return row
@@ -167,8 +266,9 @@ def _idempotency_key(request: web.Request) -> str | None:
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is None:
         return None
-    if not 1 <= len(key) <= 255:
-        raise InvalidRequest("invalid Idempotency-Key", [FieldError(IDEMPOTENCY_HEADER, "must be 1-255 characters")])
+    if not _IDEMPOTENCY_KEY.match(key):
+        raise InvalidRequest("invalid Idempotency-Key", [FieldError(
+            IDEMPOTENCY_HEADER, "must be 1-255 visible ASCII characters (no spaces)")])
     return key
 
 
@@ -179,14 +279,16 @@ def _item_key(valid: ValidTask, header_key: str | None, index: int) -> str | Non
     return f"{header_key}#{index}" if header_key else None
 
 
-def _item_result(index: int, outcome: Any) -> dict[str, Any]:
+def _item_result(index: int, outcome: Any) -> BatchItemResult:
     if isinstance(outcome, Admitted):
-        return {"index": index, "ok": True, "created": outcome.created, **task_created_view(outcome.task)}
+        created = task_created_view(outcome.task)
+        return BatchItemResult(index=index, ok=True, created=outcome.created, task_id=created.task_id,
+                               status=created.status, created_at=created.created_at)
     if isinstance(outcome, ValidTask):
-        return {"index": index, "ok": False, "error": {"code": "not_attempted",
-                                                      "message": "not created: the atomic batch was refused"}}
+        return BatchItemResult(index=index, ok=False, error=ErrorInfo(
+            code="not_attempted", message="not created: the atomic batch was refused"))
     assert isinstance(outcome, TaskManagerError)
-    error: dict[str, Any] = {"code": outcome.code, "message": outcome.message}
-    if isinstance(outcome, InvalidRequest) and outcome.errors:
-        error["details"] = outcome.errors
-    return {"index": index, "ok": False, "error": error}
+    details = outcome.errors if isinstance(outcome, InvalidRequest | Forbidden) and outcome.errors else None
+    error = ErrorInfo(code=outcome.code, message=outcome.message, details=details) if details else \
+        ErrorInfo(code=outcome.code, message=outcome.message)
+    return BatchItemResult(index=index, ok=False, error=error)

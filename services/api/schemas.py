@@ -1,0 +1,149 @@
+"""The api's response bodies as pydantic models. Handlers build their answers
+from these, and the OpenAPI document is generated from the same classes, so
+the contract cannot drift from what is sent."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.status import Priority, TaskStatus
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def body(self) -> dict[str, Any]:
+        """For the JSON answer: optional fields that were not set are left out."""
+        return self.model_dump(exclude_unset=True)
+
+
+class FieldProblem(_Body):
+    field: str = Field(description="Dotted path of the offending field, e.g. `payload.seconds`.")
+    message: str
+
+
+class ErrorInfo(_Body):
+    code: str = Field(description="Stable machine-readable code, e.g. `validation_error`, `unauthorized`.")
+    message: str
+    details: list[FieldProblem] | None = None
+
+
+class ErrorResponse(_Body):
+    """Every 4xx/5xx answer has this shape."""
+
+    error: ErrorInfo
+
+
+class TaskCreated(_Body):
+    task_id: str
+    status: TaskStatus
+    created_at: datetime
+
+
+class CallbackState(_Body):
+    state: Literal["pending", "delivered", "failed"]
+    attempts: int
+    last_error: str | None
+
+
+class TaskView(_Body):
+    task_id: str
+    task_type: str
+    kb_id: str | None
+    status: TaskStatus
+    progress: int = Field(ge=0, le=100)
+    stage: str | None
+    priority: Priority
+    attempts: int
+    retry_limit: int
+    created_at: datetime
+    started_at: datetime | None
+    estimated_completion: datetime | None
+    finished_at: datetime | None
+    next_attempt_at: datetime | None
+    result: Any = None
+    error: dict[str, Any] | None
+    callback: CallbackState | None = Field(default=None, description="Present once a callback is due.")
+    cancel_requested: bool | None = Field(default=None, description="Set on a 202 answer to a cancel.")
+
+
+class TaskPage(_Body):
+    items: list[TaskView]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last.")
+
+
+class BatchItemResult(_Body):
+    index: int
+    ok: bool
+    created: bool | None = None
+    task_id: str | None = None
+    status: TaskStatus | None = None
+    created_at: datetime | None = None
+    error: ErrorInfo | None = None
+
+
+class BatchResult(_Body):
+    created: int
+    failed: int
+    message: str | None = None
+    results: list[BatchItemResult]
+
+
+class UploadCreated(_Body):
+    file_ref: str = Field(description="Use as `payload.file_ref` in a task for the same kb_id.")
+    kb_id: str
+    filename: str | None
+    size: int
+    sha256: str
+    content_type: str = Field(description="Sniffed from the bytes, not taken from the client.")
+    created_at: datetime
+
+
+class HealthReport(BaseModel):
+    """`/health`, `/health/live`, `/health/ready`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["ok", "degraded", "ready", "unready"]
+
+
+class DeadLetterView(_Body):
+    task_id: str | None
+    task_type: str | None
+    kb_id: str | None
+    reason: str | None
+    stage: str | None
+    source_queue: str | None
+    attempts: int | None
+    last_error: str | None
+    first_failure_at: str | None
+    last_failure_at: str | None
+    dead_at: str | None
+    replayable: bool
+    body_preview: str | None = None
+
+
+class DeadLetterList(_Body):
+    depth: int = Field(description="Messages in tm.dead.")
+    items: list[DeadLetterView]
+
+
+class DeadLetterItems(_Body):
+    items: list[DeadLetterView]
+
+
+class SkippedReplay(_Body):
+    task_id: str
+    reason: str
+
+
+class ReplayReport(_Body):
+    replayed: list[str]
+    skipped: list[SkippedReplay]
+
+
+class PurgeReport(_Body):
+    purged: int
