@@ -10,6 +10,7 @@ only here.
     tm.events  (topic)   --task.#-->        tm.dispatcher.events
     tm.control (fanout)  -->                one exclusive queue per worker
     (default)            --tm.submit-->     tm.submit          ingress for publishing services
+    (default)            --tm.rpc.embed-->  tm.rpc.embed       query embeddings for search (RPC, embed workers answer)
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ CONTROL_EXCHANGE = "tm.control"
 SUBMIT_QUEUE = "tm.submit"
 DEAD_QUEUE = "tm.dead"
 DISPATCHER_EVENTS_QUEUE = "tm.dispatcher.events"
+# Search queries are embedded by the embed workers (the api never loads a model).
+EMBED_RPC_QUEUE = "tm.rpc.embed"
+EMBED_RPC_TTL_MS = 30_000  # a request nobody took by then is dropped; the caller gave up long before
+EMBED_RPC_MAX_LENGTH = 1000
+
+EMBED_STAGE = "embed"
 
 TASK_EVENTS_PATTERN = "task.#"
 WORKER_EVENTS_PATTERN = "worker.#"
@@ -128,6 +135,15 @@ class Topology:
                 ("x-dead-letter-exchange", DEAD_LETTER_EXCHANGE),
             ),
         )
+        if EMBED_STAGE in self.stages:
+            yield Queue(
+                EMBED_RPC_QUEUE,
+                arguments=(
+                    ("x-message-ttl", EMBED_RPC_TTL_MS),
+                    ("x-max-length", EMBED_RPC_MAX_LENGTH),
+                    ("x-overflow", "reject-publish"),
+                ),
+            )
         yield Queue(
             DISPATCHER_EVENTS_QUEUE,
             arguments=(("x-dead-letter-exchange", DEAD_LETTER_EXCHANGE),),

@@ -22,6 +22,7 @@ from services.api.resources import (
     check_database,
     database_ctx,
 )
+from services.api.routes.kbs import routes as kb_routes
 from services.api.routes.tasks import routes as task_routes
 from services.api.submit_consumer import SubmitConsumer
 from shared import metrics
@@ -82,4 +83,5 @@ def create_app(settings: Settings, registry: TaskTypeRegistry | None = None) -> 
     checks = {"database": lambda: check_database(app), "broker": lambda: check_broker(app)}
     app.add_routes([*health_routes(checks, process="api"), web.get("/metrics", metrics_handler)])
     app.add_routes(task_routes)
+    app.add_routes(kb_routes)
     return app

@@ -12,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.api.admission import Admission
+from services.api.query_embedder import QueryEmbedder
 from shared.amqp.connection import connect
 from shared.amqp.publisher import Publisher
 from shared.db.engine import create_engine
@@ -27,6 +28,7 @@ CONNECTION = web.AppKey("amqp_connection", AbstractRobustConnection)
 PUBLISHER = web.AppKey("publisher", Publisher)
 ADMISSION = web.AppKey("admission", Admission)
 LIMITS = web.AppKey("request_limits", RequestLimits)
+QUERY_EMBEDDER = web.AppKey("query_embedder", QueryEmbedder)
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -51,7 +53,10 @@ async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
         max_in_flight=settings.api.max_concurrent_tasks,
         wait_seconds=settings.api.admission_wait_seconds,
     )
+    app[QUERY_EMBEDDER] = QueryEmbedder(connection, timeout_seconds=settings.search.embed_timeout_seconds)
+    await app[QUERY_EMBEDDER].start()
     yield
+    await app[QUERY_EMBEDDER].close()
     await connection.close()
 
 
