@@ -72,7 +72,7 @@ class Chunker:
         out: list[Chunk] = []
         if block.section_break:
             if self._pieces and not all(p.block.kind == "heading" for p in self._pieces):
-                out.append(self._emit())
+                out.extend(self._emit())
             if not self._pieces:
                 self._previous = None  # no overlap across a section break
         separator = BLOCK_SEPARATOR if self._blocks else ""
@@ -85,7 +85,7 @@ class Chunker:
         return out
 
     def finish(self) -> list[Chunk]:
-        return [self._emit()] if self._pieces else []
+        return list(self._emit()) if self._pieces else []
 
     # --- packing ----------------------------------------------------------------------
 
@@ -104,7 +104,7 @@ class Chunker:
         if piece.end - self._chunk_start <= self.size:
             self._pieces.append(piece)
             return
-        yield self._emit()
+        yield from self._emit()
         self._open(piece)
 
     def _open(self, piece: _Piece) -> None:
@@ -127,11 +127,15 @@ class Chunker:
         self._chunk_start = start
         self._pieces = [p for p in prev_pieces if p.end > start] + [piece]
 
-    def _emit(self) -> Chunk:
+    def _emit(self) -> Iterator[Chunk]:
+        """The chunk being built (none if it holds only whitespace, e.g. the tail of a cut)."""
         start, end = self._chunk_start, self._pieces[-1].end
         raw = self._text(start, end)
         lead = len(raw) - len(raw.lstrip())
         content = raw.strip()
+        if not content:
+            self._pieces = []
+            return
         start += lead
         end = start + len(content)
         pieces = [p for p in self._pieces if p.end > start and p.start < end]
@@ -148,7 +152,7 @@ class Chunker:
         self._previous = (start, end, self._pieces)
         self._pieces = []
         self._trim(start)
-        return chunk
+        yield chunk
 
     def _text(self, start: int, end: int) -> str:
         return self._buffer[start - self._buffer_start : end - self._buffer_start]
