@@ -23,6 +23,15 @@ _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1
 _RUN = re.compile(f"([{_CJK}]+)|([^\\W_{_CJK}]+)")
 MAX_TERM_CHARS = 64
 MAX_QUERY_TERMS = 64
+# Question words and function words match nearly every English chunk; a query
+# keeps them only when it has nothing else.
+STOPWORDS = frozenset("""
+a about above after again all am an and any are as at be been before being below between both but by can could
+did do does doing down during each few for from further had has have having he her here hers him his how i if in
+into is it its itself just me more most my no nor not of off on once only or other our out over own same she should
+so some such than that the their them then there these they this those through to too under until up very was we
+were what when where which while who whom why will with would you your
+""".split())
 
 
 def _runs(text: str) -> list[tuple[bool, str]]:
@@ -46,7 +55,8 @@ def document_terms(text: str) -> list[str]:
 
 
 def query_terms(text: str) -> list[str]:
-    """Distinct terms of a query: bigrams for Han/kana (a lone character as is), words otherwise."""
+    """Distinct terms of a query: bigrams for Han/kana (a lone character as is), words
+    otherwise, without English stopwords unless the query is nothing but."""
     seen: dict[str, None] = {}
     for is_cjk, run in _runs(text):
         if not is_cjk:
@@ -57,7 +67,8 @@ def query_terms(text: str) -> list[str]:
         else:
             for i in range(len(run) - 1):
                 seen.setdefault(run[i : i + 2])
-    return list(seen)[:MAX_QUERY_TERMS]
+    terms = [t for t in seen if t not in STOPWORDS] or list(seen)
+    return terms[:MAX_QUERY_TERMS]
 
 
 def search_text(text: str) -> str:

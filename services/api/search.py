@@ -68,10 +68,12 @@ _EMPTY_KW = "kw AS (SELECT NULL::text AS document_id, NULL::int AS chunk_index, 
 
 
 async def search_chunks(
-    engine: AsyncEngine, *, kb_id: str, query: str, vector: QueryVector | None, top_k: int,
+    engine: AsyncEngine, *, kb_id: str, query: str, vector: QueryVector | None, keywords: bool, top_k: int,
     document_ids: list[str] | None, ef_search: int,
 ) -> list[dict[str, Any]]:
-    terms = query_terms(query)
+    """The top chunks by fused rank: from the vector list when `vector` is given, the
+    keyword list when `keywords` is true, or both."""
+    terms = query_terms(query) if keywords else []
     documents = bool(document_ids)
     parts = [
         _vector_cte(vector.dimension, documents) if vector is not None else _EMPTY_VEC,

@@ -84,6 +84,25 @@ def _parser() -> argparse.ArgumentParser:
     cancel = sub.add_parser("cancel", help="cancel a queued or running task")
     cancel.add_argument("task_id")
     cancel.set_defaults(func=cmd_cancel)
+
+    search = sub.add_parser("search", help="search a knowledge base (hybrid: vector + keyword)")
+    search.add_argument("kb_id")
+    search.add_argument("query")
+    search.add_argument("--top-k", type=int, default=5)
+    search.add_argument("--mode", choices=["hybrid", "vector", "keyword"], default="hybrid")
+    search.add_argument("--document", action="append", dest="document_ids", help="only this document (repeatable)")
+    search.add_argument("--json", action="store_true", help="print the raw JSON answer")
+    search.set_defaults(func=cmd_search)
+
+    documents = sub.add_parser("documents", help="list a knowledge base's documents")
+    documents.add_argument("kb_id")
+    documents.set_defaults(func=cmd_documents)
+
+    delete_doc = sub.add_parser("delete-document", help="delete a document's chunks (runs as a task)")
+    delete_doc.add_argument("kb_id")
+    delete_doc.add_argument("document_id")
+    delete_doc.add_argument("--wait", action="store_true", help="wait until the deletion task ends")
+    delete_doc.set_defaults(func=cmd_delete_document)
     return parser
 
 
@@ -223,6 +242,46 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     _print(ApiClient(settings.service.api_url).cancel(args.task_id))
     return 0
+
+
+def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
+    body: dict[str, Any] = {"query": args.query, "top_k": args.top_k, "mode": args.mode}
+    if args.document_ids:
+        body["document_ids"] = args.document_ids
+    answer = ApiClient(settings.service.api_url).search(args.kb_id, body)
+    if args.json:
+        _print(answer)
+        return 0
+    print(f"{len(answer['results'])} result(s) for {answer['query']!r} in {answer['kb_id']} "
+          f"({answer['mode']}, {answer['took_ms']} ms)")
+    for warning in answer["warnings"]:
+        print(f"  ! {warning}")
+    for hit in answer["results"]:
+        where = " > ".join(hit["heading_path"]) or hit["metadata"].get("source") or ""
+        pages = f" p.{','.join(map(str, hit['pages']))}" if hit["pages"] else ""
+        print(f"\n#{hit['rank']}  score {hit['score']:.4f}  {hit['document_id']}[{hit['chunk_index']}]{pages}  {where}")
+        text = " ".join(hit["content"].split())
+        print(f"    {text[:400]}{'...' if len(text) > 400 else ''}")
+    return 0
+
+
+def cmd_documents(args: argparse.Namespace, settings: Settings) -> int:
+    _print(ApiClient(settings.service.api_url).documents(args.kb_id))
+    return 0
+
+
+def cmd_delete_document(args: argparse.Namespace, settings: Settings) -> int:
+    client = ApiClient(settings.service.api_url)
+    created = client.delete_document(args.kb_id, args.document_id)
+    if not args.wait:
+        _print(created)
+        return 0
+    while True:
+        task = client.status(created["task_id"])
+        if TaskStatus(task["status"]).is_terminal:
+            _print(task)
+            return 0 if task["status"] == "completed" else 2
+        time.sleep(0.2)
 
 
 def _print(body: Any) -> None:

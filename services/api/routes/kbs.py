@@ -63,7 +63,7 @@ async def search(request: web.Request) -> web.Response:
             mode = "keyword"
     rows = await search_chunks(
         app[ENGINE], kb_id=kb_id, query=body.query, vector=vector if mode != "keyword" else None,
-        top_k=body.top_k, document_ids=body.document_ids, ef_search=app[SETTINGS].search.hnsw_ef_search,
+        keywords=mode != "vector", top_k=body.top_k, document_ids=body.document_ids, ef_search=app[SETTINGS].search.hnsw_ef_search,
     ) if models else []
     metrics.search_requests_total.labels(mode).inc()
     return json_response({
