@@ -54,18 +54,22 @@ class LocalEmbedder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         import torch
         import transformers
         from sentence_transformers import SentenceTransformer
 
         transformers.logging.set_verbosity_error()  # "sequence longer than max length" is reported by us
+        transformers.logging.disable_progress_bar()
         if self._settings.threads:
             torch.set_num_threads(self._settings.threads)
         try:
             self._model = SentenceTransformer(str(self._model_path()), device="cpu")
         except (OSError, ValueError) as exc:
             raise Permanent(f"the local embedding model {self._settings.model!r} cannot be loaded: {exc}") from exc
-        self._dimension = int(self._model.get_sentence_embedding_dimension())
+        dimension = getattr(self._model, "get_embedding_dimension", None) or \
+            self._model.get_sentence_embedding_dimension
+        self._dimension = int(dimension())
         self._max_tokens = int(self._model.max_seq_length)
         metrics.embedding_model_loads_total.labels(self.backend, self.model).inc()
 
