@@ -277,7 +277,7 @@ class PipelineSettings(BaseSettings):
     model_config = _ENV
 
     # Text extracted from one document; beyond it the task fails with the reason.
-    max_document_chars: int = Field(default=20_000_000, alias="MAX_DOCUMENT_CHARS", ge=1000)
+    max_document_chars: int = Field(default=100_000_000, alias="MAX_DOCUMENT_CHARS", ge=1000)
     # Intermediate data of tasks that never finished (crashed, cancelled while queued) is dropped after this.
     staging_ttl_hours: float = Field(default=24, alias="PIPELINE_STAGING_TTL_HOURS", gt=0)
 

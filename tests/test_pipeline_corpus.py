@@ -187,3 +187,19 @@ async def test_deleting_a_document_runs_as_a_task_and_empties_it_from_search(api
     assert after["results"] == [] and after["warnings"]
     status, _ = await api.call("DELETE", f"/api/v1/kbs/kb_delete/documents/{document_id}")
     assert status == 404
+
+
+async def test_a_100k_row_csv_goes_through_row_by_row(api: ApiClient, pipeline: PipelineFleet,
+                                                       db: asyncpg.Connection) -> None:
+    path = pipeline.uploads / "big.csv"
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("id,name,city,note\n")
+        for i in range(100_000):
+            handle.write(f"{i},用户{i},City {i % 97},\"note, with a comma {i}\"\n")
+    task = await ingest(api, "kb_big", "big.csv", chunk_size=8000, chunk_overlap=0, timeout=240)
+    assert task["status"] == "completed", task["error"]
+    result = task["result"]
+    assert result["chunk_count"] > 100 and result["characters"] > 4_000_000
+    last = await db.fetchrow("SELECT content, metadata FROM kb_chunks WHERE kb_id = 'kb_big' "
+                             "ORDER BY chunk_index DESC LIMIT 1")
+    assert last["content"].endswith('note: note, with a comma 99999') and json.loads(last["metadata"])["row_end"] == 100_001

@@ -11,6 +11,7 @@ the new one, never a mix and never none (docs/decisions/0012).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,9 @@ class Deleted:
 
 
 _LOCK = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
+# Chunks written per statement: each insert also updates the HNSW graph (milliseconds
+# per vector), so a large document reports progress between batches.
+UPSERT_BATCH = 500
 _CURRENT = """SELECT task_id, state, chunk_count FROM kb_documents
               WHERE kb_id = $1 AND document_id = $2 FOR UPDATE"""
 # Chunk ids are deterministic: the same (kb, document, index) always has the same id.
@@ -50,7 +54,7 @@ SELECT $3, $4, c.chunk_index,
        COALESCE(c.meta, '{}'::jsonb) || $5::jsonb,
        c.embedding, vector_dims(c.embedding), $6, to_tsvector('simple', c.search_text), $1
 FROM pipeline_chunks c
-WHERE c.task_id = $1 AND c.run = $2
+WHERE c.task_id = $1 AND c.run = $2 AND c.chunk_index >= $7 AND c.chunk_index < $8
 ON CONFLICT (kb_id, document_id, chunk_index) DO UPDATE SET
     content = EXCLUDED.content, char_start = EXCLUDED.char_start, char_end = EXCLUDED.char_end,
     pages = EXCLUDED.pages, heading_path = EXCLUDED.heading_path, metadata = EXCLUDED.metadata,
@@ -85,8 +89,8 @@ async def _newer_writer(conn: asyncpg.Connection, kb_id: str, document_id: str,
 
 
 async def replace_document(conn: asyncpg.Connection, *, task_id: str, run: int, staged: asyncpg.Record,
-                           embedding_model: str, document_metadata: dict[str, Any],
-                           chunk_metadata: dict[str, Any]) -> Replaced | Superseded:
+                           embedding_model: str, document_metadata: dict[str, Any], chunk_metadata: dict[str, Any],
+                           on_progress: Callable[[float], Awaitable[None]] | None = None) -> Replaced | Superseded:
     """Swap the document's chunks for the staged ones, in one transaction."""
     kb_id, document_id = staged["kb_id"], staged["document_id"]
     async with conn.transaction():
@@ -96,8 +100,12 @@ async def replace_document(conn: asyncpg.Connection, *, task_id: str, run: int, 
         count = staged["chunk_count"]
         await conn.execute("DELETE FROM kb_chunks WHERE kb_id = $1 AND document_id = $2 AND chunk_index >= $3",
                            kb_id, document_id, count)
-        await conn.execute(_UPSERT_CHUNKS, task_id, run, kb_id, document_id, orjson.dumps(chunk_metadata).decode(),
-                           embedding_model)
+        shared_metadata = orjson.dumps(chunk_metadata).decode()
+        for first in range(0, count, UPSERT_BATCH):
+            await conn.execute(_UPSERT_CHUNKS, task_id, run, kb_id, document_id, shared_metadata, embedding_model,
+                               first, first + UPSERT_BATCH)
+            if on_progress is not None:
+                await on_progress(95 * min(count, first + UPSERT_BATCH) / count)
         dimension = await conn.fetchval(
             "SELECT embedding_dim FROM kb_chunks WHERE kb_id = $1 AND document_id = $2 LIMIT 1", kb_id, document_id)
         await conn.execute(

@@ -64,7 +64,7 @@ class StoreStage(PipelineStage):
                 conn, task_id=task.task_id, run=task.run, staged=staged,
                 embedding_model=refs["embedding"]["key"],
                 document_metadata={**payload.metadata, "warnings": refs.get("warnings", [])},
-                chunk_metadata=shared_metadata,
+                chunk_metadata=shared_metadata, on_progress=ctx.progress,
             )
         await ctx.progress(100)
         if isinstance(outcome, kb_store.Superseded):
