@@ -25,13 +25,14 @@ MAX_TERM_CHARS = 64
 MAX_QUERY_TERMS = 64
 # Question words and function words match nearly every English chunk; a query
 # keeps them only when it has nothing else.
-STOPWORDS = frozenset("""
+_STOPWORD_TEXT = """
 a about above after again all am an and any are as at be been before being below between both but by can could
 did do does doing down during each few for from further had has have having he her here hers him his how i if in
 into is it its itself just me more most my no nor not of off on once only or other our out over own same she should
 so some such than that the their them then there these they this those through to too under until up very was we
 were what when where which while who whom why will with would you your
-""".split())
+"""
+STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 
 
 def _runs(text: str) -> list[tuple[bool, str]]:

@@ -4,6 +4,7 @@ sentences, never a cut inside a character; and the keyword terms for search."""
 from __future__ import annotations
 
 import unicodedata
+from itertools import pairwise
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -53,7 +54,7 @@ def test_every_chunk_is_an_exact_slice_within_the_cap_and_the_text_is_covered(bl
 def test_consecutive_chunks_overlap_by_at_most_chunk_overlap_and_always_advance(blocks, size, overlap_share) -> None:  # type: ignore[no-untyped-def]
     overlap = int(size * overlap_share)
     _, chunks = _chunks(blocks, size, overlap)
-    for previous, chunk in zip(chunks, chunks[1:], strict=False):
+    for previous, chunk in pairwise(chunks):
         assert chunk.char_end > previous.char_end, "every chunk brings new text"
         shared = max(0, previous.char_end - chunk.char_start)
         assert shared <= overlap
@@ -63,7 +64,7 @@ def test_overlap_reaches_back_to_a_sentence_start() -> None:
     sentences = [f"Sentence number {i} talks about retrieval." for i in range(40)]
     _, chunks = _chunks([Block(" ".join(sentences))], 300, 100)
     assert len(chunks) > 3
-    for previous, chunk in zip(chunks, chunks[1:], strict=False):
+    for previous, chunk in pairwise(chunks):
         assert 0 < previous.char_end - chunk.char_start <= 100
         assert chunk.content.startswith("Sentence number"), chunk.content[:40]
         assert previous.content.endswith("retrieval."), "cuts fall after a sentence, never inside one"

@@ -66,7 +66,7 @@ def test_a_scanned_pdf_fails_as_needing_ocr(corpus: Path, tmp_path: Path) -> Non
 
 
 def test_chinese_pdf_text_comes_out_intact(corpus: Path, tmp_path: Path) -> None:
-    summary, blocks = extract(corpus / "pdf-zh-tables.pdf", tmp_path)
+    _, blocks = extract(corpus / "pdf-zh-tables.pdf", tmp_path)
     text = text_of(blocks)
     assert "盐城高新区投资集团" in text and "表7-1" in text and "中诚信国际信" in text
     assert {b.page for b in blocks} == {1}
@@ -167,7 +167,7 @@ def test_pptx_slides_are_pages_with_tables_and_notes(corpus: Path, tmp_path: Pat
 
 def test_json_is_parsed_with_key_paths_and_chapters(corpus: Path, tmp_path: Path) -> None:
     _, blocks = extract(corpus / "json-zh-lunyu.json", tmp_path)
-    assert [b.text for b in blocks if b.kind == "heading"][0] == "学而篇"
+    assert next(b.text for b in blocks if b.kind == "heading") == "学而篇"
     first = next(b for b in blocks if b.kind == "value")
     assert first.heading_path == ("学而篇",) and first.meta == {"json_path": "$[0].paragraphs[0]"}
     assert first.text.startswith("子曰：“学而时习之")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from urllib.parse import quote
 from typing import Any
+from urllib.parse import quote
 
 
 class ApiError(Exception):
