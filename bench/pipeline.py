@@ -158,6 +158,9 @@ async def _run_corpus(http: aiohttp.ClientSession, files: list[str], chunk_size:
             if task_id not in finals:
                 async with http.get(f"api/v1/tasks/{task_id}") as response:
                     task = await response.json()
+                    if response.status != 200:  # e.g. a 503 while a dependency restarts: ask again
+                        print(f"reading task {task_id}: HTTP {response.status} {task}", file=sys.stderr)
+                        continue
                 if task["status"] in TERMINAL:
                     finals[task_id] = task
         await asyncio.sleep(0.2)
