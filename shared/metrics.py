@@ -62,3 +62,12 @@ embedding_batch_duration_seconds = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 tasks_replayed_total = Counter("tasks_replayed_total", "Dead-lettered tasks replayed by operators")
+embedding_model_loads_total = Counter(
+    "embedding_model_loads_total", "Embedding models loaded by this process (one per embed worker)",
+    ["backend", "model"],
+)
+embedding_texts_total = Counter(
+    "embedding_texts_total", "Texts embedded, by where the vector came from", ["backend", "model", "source"]
+)
+search_requests_total = Counter("search_requests_total", "Knowledge-base searches by the mode that answered",
+                                ["mode"])

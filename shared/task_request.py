@@ -18,6 +18,7 @@ from shared.errors import FieldError, InvalidRequest
 from shared.json_types import JsonFloat, json_int
 from shared.status import Priority
 from shared.task_types import TaskType, TaskTypeRegistry
+from shared.task_types.base import REVEAL_SECRETS
 
 # Fields the server owns; a client sending them gets a clear 422.
 SERVER_OWNED_FIELDS = frozenset(
@@ -90,9 +91,10 @@ class ValidTask:
 
     request: TaskRequest
     task_type: TaskType
-    payload: dict[str, Any]
+    payload: dict[str, Any]  # what the worker gets (secrets revealed)
     retry_limit: int
     request_hash: str
+    stored_payload: dict[str, Any] | None = None  # what the task row keeps (secrets masked)
 
     @property
     def callback_url(self) -> str | None:
@@ -138,10 +140,12 @@ def validate_task_request(
         errors.append(FieldError("timeout_seconds", f"must be at most {limits.max_timeout_seconds:g} (MAX_TASK_TIMEOUT, "
                                                     "kept under RabbitMQ's consumer_timeout)"))
     try:
-        payload = task_type.payload_model.model_validate(request.payload).model_dump(mode="json")
+        parsed = task_type.payload_model.model_validate(request.payload)
+        payload = parsed.model_dump(mode="json", context=REVEAL_SECRETS)
+        stored_payload = parsed.model_dump(mode="json")
     except ValidationError as exc:
         errors.extend(_field_errors(exc, prefix="payload"))
-        payload = {}
+        payload = stored_payload = {}
     if errors:
         raise InvalidRequest(_summary(errors), errors)
 
@@ -152,6 +156,7 @@ def validate_task_request(
         payload=payload,
         retry_limit=retry_limit,
         request_hash=_fingerprint(request),
+        stored_payload=stored_payload,
     )
 
 
@@ -193,6 +198,8 @@ def _field_errors(exc: ValidationError, prefix: str | None = None) -> list[Field
             message = "is required"
         elif err["type"] == "enum" and loc == ["priority"]:
             message = "must be one of: high, normal, low"
+        elif err["type"] == "value_error":
+            message = message.removeprefix("Value error, ")
         out.append(FieldError(field, message))
     return out
 

@@ -12,6 +12,7 @@ only here.
     tm.submit  (fanout)  -->                tm.submit          ingress for publishing services
     (default)            --tm.submit-->     tm.submit          (the same queue, for trusted internal publishers)
     (default)            --tm.dispatcher.rpc--> questions to the dispatcher (which tasks are cancelled)
+    (default)            --tm.rpc.embed-->  tm.rpc.embed       query embeddings for search (RPC, embed workers answer)
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ SUBMIT_QUEUE = "tm.submit"
 DEAD_QUEUE = "tm.dead"
 DISPATCHER_EVENTS_QUEUE = "tm.dispatcher.events"
 DISPATCHER_RPC_QUEUE = "tm.dispatcher.rpc"
+# Search queries are embedded by the embed workers (the api never loads a model).
+EMBED_RPC_QUEUE = "tm.rpc.embed"
+EMBED_RPC_TTL_MS = 30_000  # a request nobody took by then is dropped; the caller gave up long before
+EMBED_RPC_MAX_LENGTH = 1000
+
+EMBED_STAGE = "embed"
 
 TASK_EVENTS_PATTERN = "task.#"
 WORKER_EVENTS_PATTERN = "worker.#"
@@ -140,6 +147,15 @@ class Topology:
         )
         # Questions expire unanswered after 10 s: the asker has moved on by then.
         yield Queue(DISPATCHER_RPC_QUEUE, arguments=(("x-message-ttl", 10_000),))
+        if EMBED_STAGE in self.stages:
+            yield Queue(
+                EMBED_RPC_QUEUE,
+                arguments=(
+                    ("x-message-ttl", EMBED_RPC_TTL_MS),
+                    ("x-max-length", EMBED_RPC_MAX_LENGTH),
+                    ("x-overflow", "reject-publish"),
+                ),
+            )
         yield Queue(
             DISPATCHER_EVENTS_QUEUE,
             arguments=(("x-dead-letter-exchange", DEAD_LETTER_EXCHANGE),),

@@ -129,7 +129,7 @@ async def test_queue_stats_read_unacked_counts_rates_and_policies_from_the_manag
     while True:  # management figures refresh every collect_statistics_interval (5 s)
         status, body = await api.call("GET", "/api/v1/stats/queues")
         assert status == 200, body
-        [stage] = body["stages"]
+        [stage] = [s for s in body["stages"] if s["stage"] == "default"]
         if stage["unacked"] == 2 and stage["ready"] == 1:
             break
         assert time.monotonic() < deadline, body

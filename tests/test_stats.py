@@ -103,7 +103,7 @@ async def test_queue_stats_from_passive_declares(fleet_factory: FleetFactory, ht
     assert status == 200, body
     assert body["source"] == "amqp"
     assert any("management API" in n and "unreachable" in n for n in body["notes"]), body["notes"]
-    [default] = body["stages"]
+    [default] = [s for s in body["stages"] if s["stage"] == "default"]
     assert default["stage"] == "default" and default["queue"] == "tm.stage.default"
     assert default["ready"] == 3 and default["consumers"] == 0 and default["exists"] is True
     assert default["max_length"] == 1_000_000
@@ -112,15 +112,16 @@ async def test_queue_stats_from_passive_declares(fleet_factory: FleetFactory, ht
     assert all(r["ready"] == 0 for r in body["retry"])
     assert body["dead_letter"]["queue"] == "tm.dead" and body["dead_letter"]["ready"] == 0
     others = {q["queue"]: q for q in body["other"]}
-    assert set(others) == {"tm.submit", "tm.dispatcher.events", "tm.dispatcher.rpc"}
-    assert all(others[q]["consumers"] == 1 for q in others)
+    assert set(others) == {"tm.submit", "tm.dispatcher.events", "tm.dispatcher.rpc", "tm.rpc.embed"}
+    assert all(others[q]["consumers"] == 1 for q in ("tm.submit", "tm.dispatcher.events", "tm.dispatcher.rpc"))
+    assert others["tm.rpc.embed"]["consumers"] == 0, "no embed worker in this fleet"
 
     worker = fleet.add_worker()
     await fleet.start(worker)
 
     async def drained() -> None:
         _, body = await api.call("GET", "/api/v1/stats/queues")
-        [default] = body["stages"]
+        [default] = [s for s in body["stages"] if s["stage"] == "default"]
         assert default["ready"] == 0 and default["consumers"] == 1, default
 
     await _until(drained)

@@ -83,6 +83,8 @@ RULES: tuple[AccessRule, ...] = (
     rule("*", "/api/v1/stats/{tail:.*}", ADMIN),
     # Knowledge-base routes: the kb in the path must be one the key may use.
     rule("POST", "/api/v1/kbs/{kb_id}/search", READ, tenant_param="kb_id"),
+    rule("GET", "/api/v1/kbs/{kb_id}/documents", READ, tenant_param="kb_id"),
+    rule("GET", "/api/v1/kbs/{kb_id}/documents/{document_id}", READ, tenant_param="kb_id"),
     rule("DELETE", "/api/v1/kbs/{kb_id}/documents/{document_id}", WRITE, tenant_param="kb_id"),
 )
 

@@ -121,7 +121,8 @@ def _row(valid: ValidTask, idempotency_key: str | None, now: datetime, owner: st
         "run": 1,
         "task_type": valid.task_type.name,
         "kb_id": request.kb_id,
-        "payload": valid.payload,
+        # Secrets (a PDF password) travel only in the message, never in the row.
+        "payload": valid.stored_payload if valid.stored_payload is not None else valid.payload,
         "priority": request.priority.value,
         "retry_limit": valid.retry_limit,
         "timeout_seconds": request.timeout_seconds,

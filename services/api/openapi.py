@@ -55,6 +55,8 @@ class Operation:
     body: SchemaSource | None = None
     body_type: Literal["json", "multipart"] = "json"
     query: SchemaSource | None = None
+    # path parameter -> JSON schema (default: a non-empty string)
+    path: Mapping[str, dict[str, Any]] = field(default_factory=dict)
     # request header -> (description, JSON schema)
     headers: Mapping[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     # status -> (model, or several models (oneOf), or None for no body; description)
@@ -220,11 +222,14 @@ def _operation(method: str, path: str, op: Operation, ctx: DocContext, schemas: 
         out["security"] = []
 
     parameters = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+        {"name": name, "in": "path", "required": True,
+         "schema": op.path.get(name, {"type": "string", "minLength": 1})}
         for name in re.findall(r"\{(\w+)", path)
     ]
     if parameters:
         errors.add(404)
+    if op.path:
+        errors.add(422)  # a path parameter outside its pattern is named in a 422
     if op.query is not None:
         query = _schema(op.query, ctx, schemas, inline=True)
         for name, prop in query.get("properties", {}).items():

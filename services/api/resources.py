@@ -18,6 +18,7 @@ from services.api.queue_monitor import QueueMonitor
 from services.api.queue_stats import QueueStats
 from services.api.worker_registry import WorkerRegistry
 from services.api.submission_checks import SubmissionChecks
+from services.api.query_embedder import QueryEmbedder
 from shared.amqp.connection import connect
 from shared.amqp.publisher import Publisher
 from shared.amqp.readiness import BrokerReadiness
@@ -50,6 +51,7 @@ UPLOAD_STORE = web.AppKey("upload_store", UploadStore)
 
 class StartupRefused(RuntimeError):
     """Configuration the api will not run with (see shared/security/startup_checks.py)."""
+QUERY_EMBEDDER = web.AppKey("query_embedder", QueryEmbedder)
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -89,7 +91,10 @@ async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
         wait_seconds=settings.api.admission_wait_seconds,
     )
     app[DEAD_LETTERS] = DeadLetterQueue(connection, app[PUBLISHER], app[ENGINE])
+    app[QUERY_EMBEDDER] = QueryEmbedder(connection, timeout_seconds=settings.search.embed_timeout_seconds)
+    await app[QUERY_EMBEDDER].start()
     yield
+    await bounded(app[QUERY_EMBEDDER].close(), "closing the query embedder")
     await bounded(connection.close(), "closing the broker connection")
 
 

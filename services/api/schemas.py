@@ -147,3 +147,52 @@ class ReplayReport(_Body):
 
 class PurgeReport(_Body):
     purged: int
+
+
+class SearchHit(_Body):
+    rank: int = Field(ge=1)
+    score: float = Field(description="Fused rank score (hybrid) or the one mode's score.")
+    vector_similarity: float | None
+    keyword_score: float | None
+    document_id: str
+    chunk_index: int = Field(ge=0)
+    chunk_id: str
+    content: str
+    pages: list[int]
+    heading_path: list[str]
+    char_start: int = Field(ge=0)
+    char_end: int = Field(ge=0)
+    metadata: dict[str, Any]
+
+
+class SearchAnswer(_Body):
+    kb_id: str
+    query: str
+    mode: Literal["hybrid", "vector", "keyword"] = Field(description="The mode that answered (hybrid may fall "
+                                                                      "back to keyword; see warnings).")
+    embedding_model: str | None
+    results: list[SearchHit]
+    warnings: list[str]
+    took_ms: float
+
+
+class DocumentView(_Body):
+    document_id: str
+    source: str | None
+    title: str | None
+    content_type: str | None
+    file_bytes: int | None
+    pages: int | None
+    characters: int | None
+    chunk_count: int
+    embedding_model: str | None
+    embedding_dim: int | None
+    metadata: dict[str, Any]
+    task_id: str = Field(description="The task that wrote the current chunks.")
+    created_at: datetime
+    updated_at: datetime
+
+
+class DocumentPage(_Body):
+    items: list[DocumentView]
+    next_cursor: str | None

@@ -6,6 +6,7 @@ import json
 import urllib.error
 import urllib.request
 from typing import Any
+from urllib.parse import quote
 
 
 class ApiError(Exception):
@@ -37,6 +38,16 @@ class ApiClient:
 
     def status(self, task_id: str) -> dict[str, Any]:
         return self.request("GET", f"/api/v1/tasks/{task_id}")[1]  # type: ignore[no-any-return]
+
+    def search(self, kb_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.request("POST", f"/api/v1/kbs/{quote(kb_id, safe='')}/search", body)[1]  # type: ignore[no-any-return]
+
+    def delete_document(self, kb_id: str, document_id: str) -> dict[str, Any]:
+        path = f"/api/v1/kbs/{quote(kb_id, safe='')}/documents/{quote(document_id, safe='')}"
+        return self.request("DELETE", path)[1]  # type: ignore[no-any-return]
+
+    def documents(self, kb_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/api/v1/kbs/{quote(kb_id, safe='')}/documents?limit=200")[1]  # type: ignore[no-any-return]
 
     def cancel(self, task_id: str) -> dict[str, Any]:
         return self.request("DELETE", f"/api/v1/tasks/{task_id}")[1]  # type: ignore[no-any-return]

@@ -109,6 +109,25 @@ def _parser() -> argparse.ArgumentParser:
     revoke = keys_sub.add_parser("revoke", help="revoke a key by its id")
     revoke.add_argument("key_id")
     keys.set_defaults(func=cmd_keys)
+
+    search = sub.add_parser("search", help="search a knowledge base (hybrid: vector + keyword)")
+    search.add_argument("kb_id")
+    search.add_argument("query")
+    search.add_argument("--top-k", type=int, default=5)
+    search.add_argument("--mode", choices=["hybrid", "vector", "keyword"], default="hybrid")
+    search.add_argument("--document", action="append", dest="document_ids", help="only this document (repeatable)")
+    search.add_argument("--json", action="store_true", help="print the raw JSON answer")
+    search.set_defaults(func=cmd_search)
+
+    documents = sub.add_parser("documents", help="list a knowledge base's documents")
+    documents.add_argument("kb_id")
+    documents.set_defaults(func=cmd_documents)
+
+    delete_doc = sub.add_parser("delete-document", help="delete a document's chunks (runs as a task)")
+    delete_doc.add_argument("kb_id")
+    delete_doc.add_argument("document_id")
+    delete_doc.add_argument("--wait", action="store_true", help="wait until the deletion task ends")
+    delete_doc.set_defaults(func=cmd_delete_document)
     return parser
 
 
@@ -280,6 +299,46 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
 def _client(settings: Settings) -> ApiClient:
     key = settings.auth.cli_api_key
     return ApiClient(settings.service.api_url, api_key=key.get_secret_value() if key else None)
+
+
+def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
+    body: dict[str, Any] = {"query": args.query, "top_k": args.top_k, "mode": args.mode}
+    if args.document_ids:
+        body["document_ids"] = args.document_ids
+    answer = _client(settings).search(args.kb_id, body)
+    if args.json:
+        _print(answer)
+        return 0
+    print(f"{len(answer['results'])} result(s) for {answer['query']!r} in {answer['kb_id']} "
+          f"({answer['mode']}, {answer['took_ms']} ms)")
+    for warning in answer["warnings"]:
+        print(f"  ! {warning}")
+    for hit in answer["results"]:
+        where = " > ".join(hit["heading_path"]) or hit["metadata"].get("source") or ""
+        pages = f" p.{','.join(map(str, hit['pages']))}" if hit["pages"] else ""
+        print(f"\n#{hit['rank']}  score {hit['score']:.4f}  {hit['document_id']}[{hit['chunk_index']}]{pages}  {where}")
+        text = " ".join(hit["content"].split())
+        print(f"    {text[:400]}{'...' if len(text) > 400 else ''}")
+    return 0
+
+
+def cmd_documents(args: argparse.Namespace, settings: Settings) -> int:
+    _print(_client(settings).documents(args.kb_id))
+    return 0
+
+
+def cmd_delete_document(args: argparse.Namespace, settings: Settings) -> int:
+    client = _client(settings)
+    created = client.delete_document(args.kb_id, args.document_id)
+    if not args.wait:
+        _print(created)
+        return 0
+    while True:
+        task = client.status(created["task_id"])
+        if TaskStatus(task["status"]).is_terminal:
+            _print(task)
+            return 0 if task["status"] == "completed" else 2
+        time.sleep(0.2)
 
 
 def _print(body: Any) -> None:

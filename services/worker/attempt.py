@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from datetime import datetime
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from loguru import logger
@@ -54,21 +54,42 @@ class AttemptContext:
         self._last_sent_progress = -1
         self._last_sent_at = 0.0
         self._lock = asyncio.Lock()
+        self._plan: dict[str, float] | None = None
 
     @property
     def elapsed_seconds(self) -> float:
         return time.monotonic() - self._started_monotonic
 
+    def set_plan(self, expected_seconds: Mapping[str, float]) -> None:
+        """How long each stage of this task should take (from observed stage rates):
+        weights the stages in the overall progress and extends the completion
+        estimate past the current stage. Without a plan every stage weighs the same."""
+        plan = {stage: max(0.0, float(expected_seconds.get(stage, 0.0))) for stage in self.task.stages}
+        self._plan = plan if sum(plan.values()) > 0 else None
+
     def overall_progress(self, stage_percent: float | None = None) -> int:
         """Progress of the whole task: earlier stages count as done."""
         percent = self._stage_percent if stage_percent is None else stage_percent
-        stages = len(self.task.stages)
-        overall = (self.task.stage_index + percent / 100) / stages * 100
+        stages = self.task.stages
+        if self._plan is not None:
+            done = sum(self._plan[s] for s in stages[: self.task.stage_index])
+            overall = (done + percent / 100 * self._plan[self.stage]) / sum(self._plan.values()) * 100
+        else:
+            overall = (self.task.stage_index + percent / 100) / len(stages) * 100
         return min(99, int(overall))  # 100 only when the task completes
 
-    def estimated_completion(self) -> datetime | None:
-        typical = self._estimator.typical(self.task_type, self.stage)
-        return estimate_completion(self.started_at, utcnow(), self._stage_percent, typical)
+    def estimated_completion(self, *, stage_done: bool = False) -> datetime | None:
+        now = utcnow()
+        later = 0.0
+        if self._plan is not None:
+            later = sum(self._plan[s] for s in self.task.stages[self.task.stage_index + 1 :])
+        if stage_done:
+            return now + timedelta(seconds=later) if self._plan is not None else None
+        # The plan knows this document's size; the estimator only this stage's recent attempts.
+        typical = self._plan[self.stage] if self._plan is not None else self._estimator.typical(
+            self.task_type, self.stage)
+        this_stage = estimate_completion(self.started_at, now, self._stage_percent, typical)
+        return None if this_stage is None else this_stage + timedelta(seconds=later)
 
     async def announce_started(self) -> None:
         """Publish `task.started` once (delayed, so short tasks send only their end)."""

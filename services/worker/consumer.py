@@ -265,7 +265,8 @@ class StageWorker:
             forwarded = task.forwarded(dict(output.context))
             return [
                 self._event_step(TaskStageCompleted(**base, next_stage=forwarded.stage,
-                                                    progress=ctx.overall_progress(100), started_at=ctx.started_at)),
+                                                    progress=ctx.overall_progress(100), started_at=ctx.started_at,
+                                                    estimated_completion=ctx.estimated_completion(stage_done=True))),
                 lambda: self._publisher.task(forwarded),
             ]
         error = outcome.error

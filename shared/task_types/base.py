@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from shared.task_files import TaskFiles
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, PlainSerializer, SecretStr, SerializationInfo
 
 
 class TaskContext(Protocol):
@@ -39,6 +39,21 @@ class Payload(BaseModel):
 
 
 Handler = Callable[[Any, TaskContext], Awaitable[Any]]
+
+REVEAL_SECRETS = {"reveal_secrets": True}
+
+
+def _serialize_secret(value: SecretStr, info: SerializationInfo) -> str:
+    """A secret reaches the worker (in the task message) only when the dump asks
+    for it with `context=REVEAL_SECRETS`; everywhere else it stays masked."""
+    if info.context and info.context.get("reveal_secrets"):
+        return value.get_secret_value()
+    return "**********"
+
+
+# `Annotated[SecretStr, RevealedSecret]`: masked in logs, reprs and stored rows,
+# revealed only in the message the worker needs it in.
+RevealedSecret = PlainSerializer(_serialize_secret, return_type=str, when_used="json")
 
 
 @dataclass(frozen=True)

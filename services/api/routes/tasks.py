@@ -94,16 +94,8 @@ def _list_query_doc(ctx: Any) -> dict[str, Any]:
     responses={201: (TaskCreated, "Created."), 200: (TaskCreated, "An earlier task with this Idempotency-Key.")},
 ))
 async def submit_task(request: web.Request) -> web.Response:
-    app = request.app
-    principal = principal_of(request)
-    valid = validate_task_request(await read_json(request), app[REGISTRY], app[LIMITS])
-    key = _idempotency_key(request)
-    await app[CHECKS].check(valid, principal)
-    if valid.request.kb_id:
-        app[RATE_LIMITS].charge_kbs({valid.request.kb_id: 1})
-    [result] = await app[ADMISSION].admit([(valid, key)], via="rest", owner=principal.owner)
-    if isinstance(result, TaskManagerError):
-        raise result
+    valid = validate_task_request(await read_json(request), request.app[REGISTRY], request.app[LIMITS])
+    result = await admit_one(request, valid)
     task_id = str(result.task["id"])
     return json_response(
         task_created_view(result.task),
@@ -260,6 +252,20 @@ async def _find(request: web.Request, task_id: str) -> repo.TaskRow:
     if row is None:
         raise NotFound(f"task {task_id!r} not found")
     return row
+
+
+async def admit_one(request: web.Request, valid: ValidTask) -> Admitted:
+    """Admit one validated task for the caller: submission checks, the kb's
+    bucket, then admission under the request's Idempotency-Key."""
+    app = request.app
+    principal = principal_of(request)
+    await app[CHECKS].check(valid, principal)
+    if valid.request.kb_id:
+        app[RATE_LIMITS].charge_kbs({valid.request.kb_id: 1})
+    [result] = await app[ADMISSION].admit([(valid, _idempotency_key(request))], via="rest", owner=principal.owner)
+    if isinstance(result, TaskManagerError):
+        raise result
+    return result
 
 
 def _idempotency_key(request: web.Request) -> str | None:

@@ -13,6 +13,12 @@ __all__ = ["StageHandler", "StageOutput", "StageResources", "build_stage", "know
 
 _MODULES = {
     "default": "services.worker.stages.default",
+    # The document pipeline (document_processing; document_deletion runs on `store`).
+    "preprocess": "services.worker.stages.preprocess",
+    "chunk": "services.worker.stages.chunk",
+    "embed": "services.worker.stages.embed",
+    "store": "services.worker.stages.store",
+    "index": "services.worker.stages.index",
 }
 
 

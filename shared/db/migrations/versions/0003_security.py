@@ -1,11 +1,8 @@
 """security: API keys, task owners (idempotency keys per principal), uploads
 
 Revision ID: 0003
-Revises: 0001
+Revises: 0002
 Create Date: 2026-11-28
-
-Branches from 0001 beside 0002 (documents); `taskmgr migrate` upgrades "heads",
-so both apply in either order (they touch different objects).
 """
 
 import sqlalchemy as sa
@@ -13,7 +10,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = "0003"
-down_revision = "0001"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 

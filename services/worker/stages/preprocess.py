@@ -1,0 +1,195 @@
+"""`preprocess`: validate the file and convert it to structured text.
+
+The file must resolve inside UPLOAD_ROOTS (or be an upload, `file_ref`) and
+fit MAX_FILE_BYTES; its type is detected from its content. Parsing runs in a
+killable child process (a timed-out or cancelled parse stops burning CPU) and
+streams blocks through a spool file, which this stage copies into the run's
+staging while the parse goes on, reporting progress by page/slide/sheet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import shutil
+import tempfile
+from pathlib import Path, PurePath
+from typing import Self
+
+from loguru import logger
+
+from services.worker.attempt import AttemptContext
+from services.worker.documents.blocks import Block, SpoolProgress, read_spool_lines
+from services.worker.documents.extract import ExtractionJob, ExtractionSummary, extract_document
+from services.worker.pipeline import staging
+from services.worker.pipeline.stage import PipelineStage
+from services.worker.stages.base import StageHandler, StageOutput
+from shared.errors import Retryable
+from shared.file_access import FileAccessError, resolve_within_roots
+from shared.messages import TaskMessage
+from shared.settings import Settings
+from shared.task_types import TaskTypeRegistry
+from shared.task_types.document_processing import DocumentProcessingPayload
+from shared.uploads import UploadStore
+
+COPY_BATCH = 500
+POLL_SECONDS = 0.2
+
+
+def build(settings: Settings, registry: TaskTypeRegistry) -> StageHandler:
+    return PreprocessStage(settings)
+
+
+class PreprocessStage(PipelineStage):
+    name = "preprocess"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self._uploads = UploadStore(settings.files.upload_store_root)
+        self._spool_dir: Path | None = None
+
+    async def start(self) -> None:
+        await super().start()
+        self._spool_dir = Path(tempfile.mkdtemp(prefix="taskmgr-spool-"))
+
+    async def close(self) -> None:
+        if self._spool_dir is not None:
+            shutil.rmtree(self._spool_dir, ignore_errors=True)
+        await super().close()
+
+    async def run(self, task: TaskMessage, ctx: AttemptContext) -> StageOutput:
+        payload = self.payload(task)
+        path, name, source = self._locate(payload)
+        document_id = payload.document_id or default_document_id(path, payload.file_ref)
+        await self.plan(ctx, PurePath(name).suffix.lstrip(".").lower() or "*", path.stat().st_size, None)
+        assert self._spool_dir is not None and task.kb_id is not None
+        spool = self._spool_dir / f"{task.task_id}-{task.run}.jsonl"
+        job = ExtractionJob(
+            path=str(path), name=name, spool_path=str(spool), max_bytes=self.settings.files.max_file_bytes,
+            max_chars=self.settings.pipeline.max_document_chars,
+            password=payload.password.get_secret_value() if payload.password else None,
+        )
+        async with self.pool.acquire() as conn:
+            await staging.open_run(conn, task.task_id, task.run, kb_id=task.kb_id, document_id=document_id,
+                                   source=source)
+        try:
+            summary = await self._extract(job, task, ctx)
+        except BaseException:
+            # A retry or a resubmission starts the parse over: drop what this attempt staged.
+            await asyncio.shield(staging.drop_run(self.pool, task.task_id, task.run))
+            raise
+        finally:
+            spool.unlink(missing_ok=True)
+        for warning in summary.warnings:
+            logger.info("document warning: {}", warning)
+        return StageOutput(context={
+            "document_id": document_id, "content_type": summary.content_type, "file_bytes": summary.file_bytes,
+            "characters": summary.characters, "pages": summary.pages, "blocks": summary.blocks,
+            "title": payload.title or summary.title, "source": source, "warnings": summary.warnings,
+        })
+
+    def _locate(self, payload: DocumentProcessingPayload) -> tuple[Path, str, str]:
+        """The checked real path, the name whose extension is compared with the
+        content, and the source shown to users."""
+        roots = self.settings.files.upload_roots
+        if payload.file_ref is not None:
+            stored = self._uploads.path_for(payload.file_ref)
+            meta = _upload_meta(self._uploads, payload.file_ref)
+            name = str(meta.get("filename") or "")  # as the upload endpoint recorded it
+            return resolve_within_roots(str(stored), roots), PurePath(name).name, name or payload.file_ref
+        assert payload.file_path is not None
+        real = resolve_within_roots(payload.file_path, roots)
+        root = next(r for r in roots if real.is_relative_to(r))
+        return real, real.name, str(real.relative_to(root))
+
+    async def _extract(self, job: ExtractionJob, task: TaskMessage, ctx: AttemptContext) -> ExtractionSummary:
+        parse = asyncio.ensure_future(ctx.run_cpu(extract_document, job))
+        seq = 0
+        pending: list[Block] = []
+        try:
+            with _SpoolTail(Path(job.spool_path)) as tail:
+                while True:
+                    finished = parse.done()
+                    for item in read_spool_lines(tail.new_lines()):
+                        if isinstance(item, SpoolProgress):
+                            if item.total:
+                                await ctx.progress(95 * item.done / item.total)
+                            continue
+                        pending.append(item)
+                        if len(pending) >= COPY_BATCH:
+                            seq = await self._copy(task, seq, pending)
+                    if finished:
+                        break
+                    await asyncio.wait({parse}, timeout=POLL_SECONDS)
+            summary = _result(parse)
+            await self._copy(task, seq, pending)
+            async with self.pool.acquire() as conn:
+                await staging.finish_extraction(conn, task.task_id, task.run, summary)
+            return summary
+        finally:
+            if not parse.done():
+                parse.cancel()  # kills the parsing child
+                with contextlib.suppress(BaseException):
+                    await parse
+
+    async def _copy(self, task: TaskMessage, seq: int, blocks: list[Block]) -> int:
+        if blocks:
+            async with self.pool.acquire() as conn:
+                await staging.copy_blocks(conn, task.task_id, task.run, seq, blocks)
+            seq += len(blocks)
+            blocks.clear()
+        return seq
+
+
+def _result(parse: asyncio.Future[ExtractionSummary]) -> ExtractionSummary:
+    try:
+        return parse.result()
+    except Exception as exc:
+        from pebble import ProcessExpired
+
+        if isinstance(exc, ProcessExpired):
+            raise Retryable(f"the parser process died (exit code {exc.exitcode}); it may have run out of memory") \
+                from None
+        raise
+
+
+def default_document_id(path: Path, file_ref: str | None) -> str:
+    """Stable per file: re-processing the same file replaces its chunks."""
+    if file_ref is not None:
+        return file_ref
+    return "doc_" + hashlib.sha256(str(path).encode()).hexdigest()[:24]
+
+
+def _upload_meta(store: UploadStore, file_ref: str) -> dict[str, object]:
+    try:
+        return store.meta(file_ref)
+    except (FileAccessError, ValueError):
+        return {}
+
+
+class _SpoolTail:
+    """Reads the complete lines appended to a file since the last read."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._handle: object = None
+        self._partial = b""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.close()  # type: ignore[attr-defined]
+
+    def new_lines(self) -> list[bytes]:
+        if self._handle is None:
+            try:
+                self._handle = open(self._path, "rb")  # noqa: SIM115 - closed in __exit__
+            except FileNotFoundError:
+                return []
+        data = self._partial + self._handle.read()  # type: ignore[attr-defined]
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        return lines

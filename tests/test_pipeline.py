@@ -1,0 +1,150 @@
+"""The document pipeline end to end with real embeddings: the real api, one
+worker per stage (all-MiniLM-L6-v2 on CPU), the dispatcher, RabbitMQ and
+PostgreSQL, fed files of the shared corpus (CORPUS_DIR, default
+../shared/corpus beside the clone). tests/test_pipeline_corpus.py runs every
+corpus file through a fleet embedding against a local OpenAI-compatible server.
+
+One fleet serves the module; each test ingests into its own KB."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+import pytest_asyncio
+
+from shared.db.local_server import connect_kwargs
+from tests.support.api import ApiClient
+from tests.support.pipeline import (
+    STAGES,
+    PipelineFleet,
+    corpus_or_skip,
+    document,
+    ingest,
+    pipeline_fleet,
+    search,
+)
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def pipeline(tmp_path_factory: pytest.TempPathFactory, corpus_dir: Path) -> AsyncIterator[PipelineFleet]:
+    async with pipeline_fleet(tmp_path_factory, corpus_or_skip(corpus_dir), EMBEDDING_BATCH_SIZE="32") as running:
+        yield running
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def api(pipeline: PipelineFleet, http: aiohttp.ClientSession) -> ApiClient:
+    return ApiClient(pipeline.fleet.api_url, http)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def db(pipeline: PipelineFleet) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(**connect_kwargs(pipeline.environment.postgres))
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture(autouse=True)
+def _fleet_logs_on_failure(request: pytest.FixtureRequest) -> Any:
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed and "pipeline" in request.fixturenames:
+        print(request.getfixturevalue("pipeline").fleet.logs())
+
+
+async def test_search_finds_a_known_passage_in_the_top_3(api: ApiClient) -> None:
+    task = await ingest(api, "kb_search", "html-wikipedia-duck.html")
+    assert task["status"] == "completed", task["error"]
+    assert task["result"]["embedding"] == {"backend": "local", "model": "all-MiniLM-L6-v2", "dimension": 384,
+                                           "cached": 0, "computed": task["result"]["chunk_count"],
+                                           "truncated": task["result"]["embedding"]["truncated"]}
+    for question, passage in (("Where does the word duck come from?", "comes from Old English"),
+                              ("What do ducks eat?", "Ducks eat food sources such as")):
+        answer = await search(api, "kb_search", question, top_k=3)
+        assert answer["mode"] == "hybrid" and answer["embedding_model"] == "local:all-MiniLM-L6-v2"
+        assert any(passage in hit["content"] for hit in answer["results"]), [h["content"][:60] for h in answer["results"]]
+    hit = answer["results"][0]
+    assert hit["heading_path"] and hit["vector_similarity"] > 0.3 and hit["chunk_id"] and hit["metadata"]["title"] == "Duck"
+    vector_only = await search(api, "kb_search", "duck domestication", mode="vector", top_k=2)
+    assert len(vector_only["results"]) == 2 and all(h["keyword_score"] is None for h in vector_only["results"])
+
+
+async def test_reprocessing_unchanged_text_reuses_cached_vectors_and_replaces_chunks(api: ApiClient) -> None:
+    first = await ingest(api, "kb_cache", "docx-zh-en-mixed.docx")
+    again = await ingest(api, "kb_cache", "docx-zh-en-mixed.docx")
+    assert first["status"] == again["status"] == "completed"
+    count = again["result"]["chunk_count"]
+    assert again["result"]["document_id"] == first["result"]["document_id"]
+    assert again["result"]["embedding"]["cached"] == count and again["result"]["embedding"]["computed"] == 0
+    assert again["result"]["replaced_chunks"] == first["result"]["chunk_count"] == count
+
+
+async def test_progress_moves_forward_through_the_stages_with_an_estimate(api: ApiClient) -> None:
+    created = await api.submit(document("kb_progress", "pdf-multipage-dpr-13p.pdf", chunk_size=2000,
+                                        chunk_overlap=200))
+    samples = []
+    while True:
+        task = await api.get(created["task_id"])
+        samples.append(task)
+        if task["status"] in ("completed", "failed", "cancelled"):
+            break
+        await asyncio.sleep(0.1)
+    assert task["status"] == "completed" and task["progress"] == 100
+    progress = [s["progress"] for s in samples]
+    assert progress == sorted(progress), "progress never moves back"
+    seen = [s["stage"] for s in samples if s["status"] == "processing"]
+    assert [s for s in STAGES if s in seen][:3] == [s for s in STAGES if s in seen][:3] and "embed" in seen
+    estimates = [s["estimated_completion"] for s in samples if s["status"] == "processing"]
+    assert any(estimates), "an estimate from observed stage rates while it runs"
+    assert task["result"]["pages"] == 13 and task["result"]["chunk_count"] > 20
+
+
+async def test_cancelling_mid_pipeline_stops_it_and_leaves_no_chunks(api: ApiClient, db: asyncpg.Connection) -> None:
+    created = await api.submit(document("kb_cancel", "epub-winter-sports.epub", chunk_size=500, chunk_overlap=50))
+    await api.wait_for(created["task_id"], {"processing"}, timeout=60)
+    while (await api.get(created["task_id"]))["stage"] not in ("embed", "store", "index"):
+        await asyncio.sleep(0.05)
+    started = time.monotonic()
+    status, _ = await api.call("DELETE", f"/api/v1/tasks/{created['task_id']}")
+    assert status in (200, 202)
+    final = await api.wait_for(created["task_id"], timeout=10)
+    assert final["status"] == "cancelled" and time.monotonic() - started < 10
+    await asyncio.sleep(2)
+    assert await db.fetchval("SELECT count(*) FROM kb_chunks WHERE kb_id = 'kb_cancel'") == 0
+    for _ in range(50):  # the store worker's janitor drops the intermediate data
+        if not await db.fetchval("SELECT count(*) FROM pipeline_documents WHERE task_id = $1", created["task_id"]):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("staging of the cancelled task was not dropped")
+
+
+async def test_the_model_loads_once_per_embed_worker(pipeline: PipelineFleet,
+                                                     http: aiohttp.ClientSession) -> None:
+    worker = next(p for p in pipeline.fleet.processes if p.name == "worker-embed")
+    async with http.get(worker.ready_url.replace("/health/ready", "/metrics")) as response:  # type: ignore[union-attr]
+        text = await response.text()
+    loads = [line for line in text.splitlines() if line.startswith("embedding_model_loads_total{")]
+    assert loads == ['embedding_model_loads_total{backend="local",model="all-MiniLM-L6-v2"} 1.0']
+    computed = [line for line in text.splitlines()
+                if line.startswith("embedding_texts_total{") and 'source="computed"' in line]
+    assert computed and float(computed[0].split()[-1]) > 50, "many documents, one model load"
+
+
+async def test_taskmgr_search_prints_the_hits(pipeline: PipelineFleet,
+                                              api: ApiClient) -> None:
+    taskmgr = os.path.join(os.path.dirname(sys.executable), "taskmgr")
+    result = await asyncio.to_thread(
+        subprocess.run, [taskmgr, "search", "kb_search", "Where does the word duck come from?", "--top-k", "3"],
+        env=pipeline.fleet.env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "3 result(s)" in result.stdout and "Etymology" in result.stdout
