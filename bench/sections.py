@@ -1,0 +1,126 @@
+"""Turning measurements into the table's sections, with their ratios and
+targets; and the hook for the pipeline section.
+
+The pipeline hook: when `bench/pipeline.py` exists it must define
+
+    async def measure(ctx: bench.context.BenchContext) -> bench.report.Section
+
+and is called with our fleet stopped (it starts the pipeline stages it needs
+with `ctx.fleet`, within `ctx.time_left()`). Its section should report
+documents/s and chunks/s through `document_processing` on the corpus beside
+embedding-only chunks/s of the same model on the same chunks (target: ≥ 85%),
+and the embedding worker's RSS. Until then the table says it is pending.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from bench.competitors import CompetitorResult
+from bench.context import BenchContext
+from bench.fleet import MB, Fleet
+from bench.measures import Throughput
+from bench.report import Row, Section, number, ratio, verdict
+
+E2E_TARGET = 1000.0
+CELERY_FACTOR_TARGET = 5.0
+RSS_TARGET_MB = 80.0
+READY_TARGET_SECONDS = 1.0
+
+
+def _rate(result: Throughput, unit: str = "tasks/s") -> str:
+    text = f"{number(result.rate)} {unit}"
+    if result.errors:
+        text += f", {result.errors:,} failed"
+    if not result.complete:
+        text += f" ({result.note})"
+    return text
+
+
+def end_to_end(
+    n: int,
+    rest: tuple[Throughput, Throughput],
+    amqp: tuple[Throughput, Throughput],
+    raw: Throughput | str,
+    celery: CompetitorResult | str,
+    dramatiq: CompetitorResult | str,
+) -> Section:
+    section = Section(f"2. End to end: {n:,} no-op tasks until all are completed in PostgreSQL")
+    (rest_e2e, rest_submit), (amqp_e2e, amqp_submit) = rest, amqp
+    best = max(rest_e2e.rate, amqp_e2e.rate)
+    for label, (e2e, submit), unit in (("ours, over REST", rest, "req/s"), ("ours, over tm.submit", amqp, "msg/s")):
+        section.rows.append(Row(f"{label} (submitted at {number(submit.rate)} {unit})", _rate(e2e),
+                                target=f"≥ {E2E_TARGET:,.0f} tasks/s", verdict=verdict(e2e.rate >= E2E_TARGET)))
+
+    def compare(label: str, other: Throughput | CompetitorResult | str, target: str = "",
+                factor: float | None = None) -> None:
+        if isinstance(other, str):
+            section.rows.append(Row(label, other, target=target))
+            return
+        theirs = other if isinstance(other, Throughput) else other.throughput
+        extra = ""
+        if isinstance(other, CompetitorResult):
+            extra = (f"; worker ready in {other.ready_seconds:.2f} s, peak RSS {other.peak_rss_mb:.0f} MB "
+                     f"({other.processes} processes)")
+        section.rows.append(Row(
+            label, _rate(theirs, "msg/s" if "raw" in label else "tasks/s") + extra,
+            compared_with=f"ours, best of the two: {number(best)} tasks/s", ratio=ratio(best, theirs.rate),
+            target=target, verdict=verdict(best >= factor * theirs.rate) if factor else "",
+        ))
+
+    compare("raw limit: aio-pika publish (confirms) + consume, one process", raw)
+    compare("Celery: RabbitMQ, PostgreSQL result backend, acks_late, prefork 2", celery,
+            target=f"ours ≥ {CELERY_FACTOR_TARGET:.0f}× Celery", factor=CELERY_FACTOR_TARGET)
+    compare("Dramatiq: RabbitMQ (no confirms, its default), 2 processes × 8 threads", dramatiq)
+    section.notes += [
+        "Ours: the api admits each task (row committed, persistent message confirmed), the default worker runs it "
+        "and publishes its completion (confirmed) before acking, the dispatcher commits the state in batches.",
+        "The clock runs from the first submission until the database shows the last task completed "
+        "(Celery: its result rows SUCCESS; Dramatiq keeps no results, its actor appends a byte to a file).",
+    ]
+    return section
+
+
+def latency(completed: Throughput, accepted: Throughput) -> Section:
+    section = Section(f"3. Latency at low load: {completed.count} tasks, one at a time over REST")
+    section.rows.append(Row("submit → completed in PostgreSQL",
+                            f"p50 {completed.p50_ms:.1f} ms, p99 {completed.p99_ms:.1f} ms"
+                            + (f", {completed.errors} failed" if completed.errors else "")))
+    section.rows.append(Row("submit → 201 (row committed, message confirmed)",
+                            f"p50 {accepted.p50_ms:.1f} ms, p99 {accepted.p99_ms:.1f} ms"))
+    return section
+
+
+def resources(fleet: Fleet) -> Section:
+    section = Section("4. Resources: RSS (process and its children) and start-to-ready (spawn to 200 on /health/ready)")
+    for name in ("api", "dispatcher", "worker"):
+        process = fleet.processes.get(name)
+        if process is None or process.ready_seconds is None:
+            continue
+        idle = (process.idle_rss or 0) / MB
+        peak = process.peak_rss / MB
+        section.rows.append(Row(f"{name}: RSS idle / peak under end-to-end load", f"{idle:.0f} MB / {peak:.0f} MB",
+                                target=f"< {RSS_TARGET_MB:.0f} MB under load", verdict=verdict(peak < RSS_TARGET_MB)))
+        section.rows.append(Row(f"{name}: start to ready", f"{process.ready_seconds:.2f} s",
+                                target=f"< {READY_TARGET_SECONDS:.0f} s",
+                                verdict=verdict(process.ready_seconds < READY_TARGET_SECONDS)))
+    section.notes.append("Processes start one at a time, so each start-up has the CPU to itself (as far as a "
+                         "shared machine allows).")
+    return section
+
+
+async def pipeline(ctx: BenchContext) -> Section:
+    try:
+        module = importlib.import_module("bench.pipeline")
+    except ModuleNotFoundError as exc:
+        if exc.name != "bench.pipeline":
+            raise
+        return Section("5. Pipeline: document_processing on the corpus", [Row(
+            "documents/s and chunks/s, beside embedding-only chunks/s", "pending: pipeline not merged",
+            target="chunks/s ≥ 85% of embedding-only", verdict="pending",
+        )])
+    return await module.measure(ctx)  # type: ignore[no-any-return]
+
+
+def skipped(reason: str) -> str:
+    return f"skipped: {reason}"
