@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -21,14 +22,20 @@ class Profiler:
         self._running: list[subprocess.Popen[bytes]] = []
 
     @staticmethod
-    def available() -> bool:
-        return shutil.which("py-spy") is not None
+    def executable() -> str | None:
+        """py-spy from the bench extra (beside this interpreter) or from PATH."""
+        beside = Path(sys.executable).parent / "py-spy"
+        return str(beside) if beside.exists() else shutil.which("py-spy")
+
+    @classmethod
+    def available(cls) -> bool:
+        return cls.executable() is not None
 
     def start(self, processes: list[FleetProcess]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         for process in processes:
             self._running.append(subprocess.Popen(
-                ["py-spy", "record", "--pid", str(process.pid), "--rate", str(RATE), "--nonblocking",
+                [str(self.executable()), "record", "--pid", str(process.pid), "--rate", str(RATE), "--nonblocking",
                  "--format", "raw", "--output", str(self.directory / f"{process.name}.folded")],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             ))

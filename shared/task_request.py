@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import orjson
@@ -85,7 +86,12 @@ class ValidTask:
     task_type: TaskType
     payload: dict[str, Any]
     retry_limit: int
-    request_hash: str
+
+    @cached_property
+    def request_hash(self) -> str:
+        """Same request, same hash: tells an idempotent retry from a reused key.
+        Computed on first use: only requests with an idempotency key need it."""
+        return _fingerprint(self.request)
 
     @property
     def callback_url(self) -> str | None:
@@ -140,12 +146,10 @@ def validate_task_request(
         task_type=task_type,
         payload=payload,
         retry_limit=retry_limit,
-        request_hash=_fingerprint(request),
     )
 
 
 def _fingerprint(request: TaskRequest) -> str:
-    """Same request, same hash: tells an idempotent retry from a reused key."""
     body = request.model_dump(mode="json", exclude={"idempotency_key"})
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
