@@ -76,10 +76,14 @@ class EventConsumer:
         self._wakeup.set()
 
     async def _run(self) -> None:
+        # Under load (events kept arriving while the last batch was written) a
+        # batch lingers up to DISPATCHER_BATCH_WAIT to grow: each write costs the
+        # same whatever its size. An idle dispatcher writes the first event at once.
+        under_load = False
         while True:
             await self._wakeup.wait()
-            if len(self._buffer) < self._batch_max and self._batch_wait:
-                await asyncio.sleep(self._batch_wait)  # let a batch gather under load
+            if under_load and len(self._buffer) < self._batch_max and self._batch_wait:
+                await asyncio.sleep(self._batch_wait)
             batch, self._buffer = self._buffer[: self._batch_max], self._buffer[self._batch_max :]
             if not self._buffer:
                 self._wakeup.clear()
@@ -94,6 +98,7 @@ class EventConsumer:
                 with contextlib.suppress(Exception):
                     await batch[-1].nack(multiple=True, requeue=True)
                 await asyncio.sleep(1)
+            under_load = bool(self._buffer)
 
     async def _handle(self, batch: list[AbstractIncomingMessage]) -> None:
         events: list[TaskEvent] = []
