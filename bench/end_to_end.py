@@ -15,6 +15,8 @@ import aio_pika
 import orjson
 from aio_pika.abc import DeliveryMode
 
+from dataclasses import dataclass
+
 from bench.context import BENCH_BODY, BenchContext, run_tag
 from bench.loadgen import run_load
 from bench.measures import Throughput
@@ -22,6 +24,26 @@ from shared.topology import SUBMIT_QUEUE
 
 POLL_SECONDS = 0.02
 PUBLISH_WINDOW = 500  # tm.submit publishes awaiting their confirm at once
+
+@dataclass(frozen=True)
+class EndToEnd:
+    result: Throughput  # submitted to completed in PostgreSQL
+    submission: Throughput  # submission alone
+    cpu_us_per_task: dict[str, float]  # by process (api, worker, dispatcher, postgres, rabbitmq)
+
+
+class CpuMeter:
+    """CPU time each process spent during a run, per task completed: steadier
+    than throughput on a shared machine, where others take the CPU."""
+
+    def __init__(self, ctx: BenchContext) -> None:
+        self._ctx = ctx
+        self._before = ctx.fleet.cpu_seconds()
+
+    def per_task(self, tasks: int) -> dict[str, float]:
+        after = self._ctx.fleet.cpu_seconds()
+        return {name: (after[name] - self._before.get(name, 0.0)) / max(tasks, 1) * 1e6 for name in after}
+
 
 _COUNTS = """
 SELECT count(*) FILTER (WHERE status = 'completed') AS done,
@@ -45,20 +67,21 @@ async def wait_completed(ctx: BenchContext, tag: str, n: int, started: float, ti
     return Throughput(count=done, seconds=now - started, errors=failed, complete=complete, note=note)
 
 
-async def over_rest(ctx: BenchContext) -> tuple[Throughput, Throughput]:
-    """Answers (end to end, submission alone)."""
+async def over_rest(ctx: BenchContext) -> EndToEnd:
     n, tag = ctx.sizes.e2e_tasks, run_tag("rest")
+    meter = CpuMeter(ctx)
     started = time.perf_counter()
     submitting = asyncio.create_task(run_load(f"{ctx.fleet.api_url}/api/v1/tasks", n=n,
                                               concurrency=ctx.sizes.e2e_concurrency,
                                               body={**BENCH_BODY, "kb_id": tag}, generator=ctx.loadgen))
     result = await wait_completed(ctx, tag, n, started, ctx.budget(120))
-    return result, await submitting
+    submission = await submitting
+    return EndToEnd(result, submission, meter.per_task(result.count))
 
 
-async def over_amqp(ctx: BenchContext) -> tuple[Throughput, Throughput]:
+async def over_amqp(ctx: BenchContext) -> EndToEnd:
     """Publishes the REST body to `tm.submit` with confirms (persistent), as a
-    publishing service would. Answers (end to end, submission alone)."""
+    publishing service would."""
     n, tag = ctx.sizes.e2e_tasks, run_tag("amqp")
     body = orjson.dumps({**BENCH_BODY, "kb_id": tag})
     connection = await aio_pika.connect(ctx.environment.amqp_url)
@@ -77,6 +100,7 @@ async def over_amqp(ctx: BenchContext) -> tuple[Throughput, Throughput]:
                 except aio_pika.exceptions.DeliveryError:
                     refused += 1
 
+        meter = CpuMeter(ctx)
         started = time.perf_counter()
 
         async def submit_all() -> Throughput:
@@ -85,6 +109,7 @@ async def over_amqp(ctx: BenchContext) -> tuple[Throughput, Throughput]:
 
         submitting = asyncio.create_task(submit_all())
         result = await wait_completed(ctx, tag, n, started, ctx.budget(120))
-        return result, await submitting
+        submission = await submitting
+        return EndToEnd(result, submission, meter.per_task(result.count))
     finally:
         await connection.close()

@@ -38,6 +38,7 @@ class FleetProcess:
     popen: subprocess.Popen[bytes] | None = None
     ready_seconds: float | None = None  # from spawn to the first 200 on /health/ready
     idle_rss: int | None = None
+    idle_uss: int | None = None  # memory only this process holds (no shared libraries)
     peak_rss: int = 0
 
     async def start(self, timeout: float = 30.0) -> float:
@@ -71,6 +72,24 @@ class FleetProcess:
         except psutil.Error:
             return 0
 
+    def uss(self) -> int:
+        try:
+            proc = psutil.Process(self.pid)
+            return sum(p.memory_full_info().uss for p in (proc, *proc.children(recursive=True)))
+        except psutil.Error:
+            return 0
+
+    def read_idle_memory(self) -> None:
+        self.idle_rss, self.idle_uss = self.rss(), self.uss()
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the process and its children so far."""
+        try:
+            proc = psutil.Process(self.pid)
+            return sum(_cpu(p) for p in (proc, *proc.children(recursive=True)))
+        except psutil.Error:
+            return 0.0
+
     def stop(self, timeout: float = 20.0) -> None:
         if self.popen is None or self.popen.poll() is not None:
             return
@@ -85,6 +104,28 @@ class FleetProcess:
         with contextlib.suppress(FileNotFoundError):
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         return ""
+
+
+def _cpu(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+def server_cpu_seconds(database: str) -> dict[str, float]:
+    """CPU time so far of PostgreSQL backends serving `database` (ours alone) and
+    of the RabbitMQ node (shared by everyone on this machine)."""
+    totals = {"postgres": 0.0, "rabbitmq": 0.0}
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        try:
+            name = proc.info["name"] or ""
+            cmdline = " ".join(proc.info["cmdline"] or ())
+            if "beam" in name and "-s rabbit boot" in cmdline:  # the node, not a rabbitmqctl run
+                totals["rabbitmq"] += _cpu(proc)
+            elif name.startswith("postgres") and f" {database} " in cmdline:
+                totals["postgres"] += _cpu(proc)
+        except psutil.Error:
+            continue
+    return totals
 
 
 @dataclass
@@ -141,6 +182,11 @@ class Fleet:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sampler
             self._sampler = None
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """Per process of ours, and per server (see `server_cpu_seconds`)."""
+        found = {name: p.cpu_seconds() for name, p in self.processes.items() if p.popen is not None}
+        return {**found, **server_cpu_seconds(self.environment.postgres.db)}
 
     def stop(self) -> None:
         # api first, dispatcher last: the order `taskmgr up` uses.

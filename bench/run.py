@@ -82,7 +82,7 @@ async def _measure(ctx: BenchContext, options: Options) -> list[Section]:
     api = fleet.api(**env)
     await api.start()
     await asyncio.sleep(SETTLE_SECONDS)
-    api.idle_rss = api.rss()
+    api.read_idle_memory()
     if "ingress" not in skip:
         logger.info("ingress")
         found.append(await ingress.measure(ctx))
@@ -93,7 +93,7 @@ async def _measure(ctx: BenchContext, options: Options) -> list[Section]:
     await asyncio.sleep(SETTLE_SECONDS)
     for process in fleet.processes.values():
         if process.name != "api":
-            process.idle_rss = process.rss()
+            process.read_idle_memory()
 
     rest = amqp = None
     if "e2e" not in skip:

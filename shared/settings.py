@@ -232,7 +232,8 @@ class DispatcherSettings(BaseSettings):
     model_config = _ENV
 
     batch_max_events: int = Field(default=500, alias="DISPATCHER_BATCH_MAX", ge=1)
-    batch_max_wait_seconds: float = Field(default=0.005, alias="DISPATCHER_BATCH_WAIT", ge=0)
+    # Under load only, how long a batch may linger to grow (an idle dispatcher writes at once).
+    batch_max_wait_seconds: float = Field(default=0.02, alias="DISPATCHER_BATCH_WAIT", ge=0)
 
 
 class Settings(BaseModel):
