@@ -11,6 +11,8 @@ import subprocess
 import uuid
 from dataclasses import dataclass
 
+from loguru import logger
+
 from shared.db.local_server import LocalPostgres, drop_database, wait_until_accepting
 from shared.db.migrate import upgrade
 from shared.settings import AmqpSettings, PostgresSettings
@@ -47,7 +49,10 @@ class BenchEnvironment:
 
 
 def _rabbitmqctl(*args: str) -> None:
-    subprocess.run([RABBITMQCTL, *args], check=True, capture_output=True, timeout=60)
+    run = subprocess.run([RABBITMQCTL, *args], capture_output=True, text=True, timeout=60)
+    if run.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed ({run.returncode}): "
+                           f"{(run.stderr or run.stdout).strip()[:300]}")
 
 
 async def create_environment() -> BenchEnvironment:
@@ -66,7 +71,13 @@ async def create_environment() -> BenchEnvironment:
 
 
 async def destroy_environment(environment: BenchEnvironment) -> None:
+    """Remove both; a part already gone is fine, and neither hides the other."""
     try:
         await asyncio.to_thread(_rabbitmqctl, "delete_vhost", environment.vhost)
-    finally:
+    except RuntimeError as exc:
+        if "does not exist" not in str(exc) and "no_such_vhost" not in str(exc):
+            logger.warning("could not delete vhost {}: {}", environment.vhost, exc)
+    try:
         await drop_database(environment.postgres, environment.postgres.db)
+    except Exception as exc:  # noqa: BLE001 - reported, the results matter more
+        logger.warning("could not drop database {}: {}", environment.postgres.db, exc)
