@@ -54,7 +54,7 @@ class EventConsumer:
         self._channel = await connection.channel()
         await self._channel.set_qos(prefetch_count=self._batch_max * 2)
         self._queue = await self._channel.get_queue(DISPATCHER_EVENTS_QUEUE, ensure=False)
-        self._tag = await self._queue.consume(self._on_message)
+        self._tag = await self._queue.consume(self._on_message)  # type: ignore[arg-type]
         self._loop_task = asyncio.create_task(self._run(), name="event-batches")
 
     async def stop(self) -> None:
@@ -71,7 +71,8 @@ class EventConsumer:
             with contextlib.suppress(Exception):
                 await self._channel.close()
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+    def _on_message(self, message: AbstractIncomingMessage) -> None:
+        # Not a coroutine: aio-pika then calls it directly instead of starting a task per event.
         self._buffer.append(message)
         self._wakeup.set()
 
