@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     output = args.output if args.output is not None else (None if args.quick else Path("BENCHMARKS.md"))
     options = Options(quick=args.quick, output=output, time_limit=args.time_limit, skip=skip,
                       profile=args.profile, fleet_env=fleet_env,
-                      command="python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]))
+                      command=" ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]))
 
     import uvloop
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 
 import aio_pika
 import orjson
 from aio_pika.abc import DeliveryMode
-
-from dataclasses import dataclass
 
 from bench.context import BENCH_BODY, BenchContext, run_tag
 from bench.loadgen import run_load

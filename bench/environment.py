@@ -49,7 +49,7 @@ class BenchEnvironment:
 
 
 def _rabbitmqctl(*args: str) -> None:
-    run = subprocess.run([RABBITMQCTL, *args], capture_output=True, text=True, timeout=60)
+    run = subprocess.run([RABBITMQCTL, *args], capture_output=True, text=True, timeout=60, check=False)
     if run.returncode != 0:
         raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed ({run.returncode}): "
                            f"{(run.stderr or run.stdout).strip()[:300]}")

@@ -30,7 +30,7 @@ def _version(package: str) -> str:
 
 def rabbitmq_version() -> str:
     try:
-        out = subprocess.run(["rabbitmqctl", "version"], capture_output=True, text=True, timeout=30)
+        out = subprocess.run(["rabbitmqctl", "version"], capture_output=True, text=True, timeout=30, check=False)
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -47,8 +47,8 @@ def describe(postgres_version: str) -> list[str]:
                                                          "uvloop", "celery", "dramatiq"))
     return [
         f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- machine: {os.cpu_count()} cores ({_cpu_model()}), {memory:.1f} GiB memory, "
-        f"load average at start {load_average()}",
+        (f"- machine: {os.cpu_count()} cores ({_cpu_model()}), {memory:.1f} GiB memory, "
+         f"load average at start {load_average()}"),
         f"- Python {platform.python_version()}, RabbitMQ {rabbitmq_version()}, {postgres_version}",
         f"- packages: {packages}",
     ]

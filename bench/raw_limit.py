@@ -12,9 +12,11 @@ import asyncio
 import time
 
 import aio_pika
+import psutil
 from aio_pika.abc import AbstractIncomingMessage, DeliveryMode
 
 from bench.context import BenchContext
+from bench.fleet import server_cpu_seconds
 from bench.measures import Throughput
 from shared.ids import new_task_id
 from shared.messages import TaskMessage, utcnow
@@ -31,7 +33,14 @@ def task_sized_body() -> bytes:
     return message.model_dump_json().encode()
 
 
-async def measure(ctx: BenchContext, n: int) -> Throughput:
+def _own_cpu() -> float:
+    times = psutil.Process().cpu_times()
+    return float(times.user + times.system)
+
+
+async def measure(ctx: BenchContext, n: int) -> tuple[Throughput, dict[str, float]]:
+    """Answers the throughput and the CPU per message: this process (publisher
+    and consumer) and the RabbitMQ node."""
     body = task_sized_body()
     connection = await aio_pika.connect(ctx.environment.amqp_url)
     try:
@@ -59,6 +68,7 @@ async def measure(ctx: BenchContext, n: int) -> Throughput:
                     QUEUE,
                 )
 
+        cpu_before = {"client": _own_cpu(), "rabbitmq": server_cpu_seconds(ctx.environment.postgres.db)["rabbitmq"]}
         started = time.perf_counter()
         publishing = asyncio.gather(*(publish() for _ in range(n)))
         timeout = ctx.budget(90)
@@ -67,12 +77,14 @@ async def measure(ctx: BenchContext, n: int) -> Throughput:
         except TimeoutError:
             pass
         elapsed = time.perf_counter() - started
+        cpu_after = {"client": _own_cpu(), "rabbitmq": server_cpu_seconds(ctx.environment.postgres.db)["rabbitmq"]}
+        per_message = {k: (cpu_after[k] - cpu_before[k]) / max(received, 1) * 1e6 for k in cpu_after}
         publishing.cancel()
         await asyncio.gather(publishing, return_exceptions=True)
         complete = received >= n
         await queue.cancel(tag)
         await queue.delete(if_unused=False, if_empty=False)
         return Throughput(count=received, seconds=elapsed, complete=complete,
-                          note="" if complete else f"time limit: {received:,} of {n:,} after {elapsed:.0f}s")
+                          note="" if complete else f"time limit: {received:,} of {n:,} after {elapsed:.0f}s"), per_message
     finally:
         await connection.close()

@@ -64,8 +64,8 @@ async def run(options: Options) -> str:
         fleet.stop()
         await pg.close()
         await destroy_environment(environment)
-    header += [f"- run: `{options.command}` ({'quick' if sizes.quick else 'full'} sizes), "
-               f"{time.monotonic() - started:.0f} s in all; load generator: {ctx.loadgen}"]
+    header += [(f"- run: `{options.command}` ({'quick' if sizes.quick else 'full'} sizes), "
+                f"{time.monotonic() - started:.0f} s in all; load generator: {ctx.loadgen}")]
     if options.fleet_env:
         header.append("- fleet settings: " + ", ".join(f"{k}={v}" for k, v in sorted(options.fleet_env.items())))
     results = render_results(found, header)

@@ -27,6 +27,7 @@ class CompetitorResult:
     ready_seconds: float
     peak_rss_mb: float
     processes: int
+    cpu_us_per_task: dict[str, float]  # worker (the framework's processes), postgres, rabbitmq
 
 
 def missing(runner: str) -> str | None:
@@ -38,11 +39,12 @@ async def run(runner: str, ctx: BenchContext, n: int, timeout: float) -> Competi
     env = ctx.environment.process_env(
         BENCH_BROKER_URL=ctx.environment.amqp_url,
         BENCH_DATABASE_URL=ctx.environment.dsn(),
+        BENCH_DATABASE_NAME=ctx.environment.postgres.db,
         BENCH_LOG_DIR=str(ctx.log_dir),
     )
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", f"bench.competitors.{runner}", "--n", str(n), "--timeout", f"{timeout:.0f}",
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=open(ctx.log_dir / f"{runner}.log", "ab"),  # noqa: SIM115
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=open(ctx.log_dir / f"{runner}.log", "ab"),  # noqa: SIM115, ASYNC230
     )
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout + 90)
@@ -55,4 +57,5 @@ async def run(runner: str, ctx: BenchContext, n: int, timeout: float) -> Competi
     data = orjson.loads(lines[-1])
     throughput = Throughput(count=data["count"], seconds=data["seconds"], complete=data["count"] >= n,
                             note="" if data["count"] >= n else f"time limit: {data['count']:,} of {n:,}")
-    return CompetitorResult(throughput, data["ready_seconds"], data["peak_rss"] / 1024**2, data["processes"])
+    per_task = {k: v / max(data["count"], 1) * 1e6 for k, v in data["cpu_seconds"].items()}
+    return CompetitorResult(throughput, data["ready_seconds"], data["peak_rss"] / 1024**2, data["processes"], per_task)

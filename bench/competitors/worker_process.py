@@ -13,6 +13,8 @@ from pathlib import Path
 import orjson
 import psutil
 
+from bench.fleet import server_cpu_seconds
+
 
 class WorkerProcess:
     def __init__(self, argv: list[str], log_path: Path) -> None:
@@ -42,6 +44,14 @@ class WorkerProcess:
             time.sleep(poll)
         return condition()
 
+    def cpu_seconds(self) -> float:
+        """CPU time so far of the worker and its children (the pool)."""
+        try:
+            proc = psutil.Process(self.popen.pid)
+            return sum(p.cpu_times().user + p.cpu_times().system for p in (proc, *proc.children(recursive=True)))
+        except psutil.Error:
+            return 0.0
+
     def stop(self) -> None:
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
@@ -53,8 +63,23 @@ class WorkerProcess:
         self._log.close()
 
 
-def emit(*, count: int, seconds: float, ready_seconds: float, worker: WorkerProcess) -> None:
+class CpuWindow:
+    """Service-side CPU of a measured window: the framework's worker processes,
+    PostgreSQL backends of the run's database, the RabbitMQ node. The client
+    that enqueues is not counted (for our fleet the api is, which favours them)."""
+
+    def __init__(self, worker: WorkerProcess, database: str) -> None:
+        self._worker, self._database = worker, database
+        self._before = {"worker": worker.cpu_seconds(), **server_cpu_seconds(database)}
+
+    def seconds(self) -> dict[str, float]:
+        after = {"worker": self._worker.cpu_seconds(), **server_cpu_seconds(self._database)}
+        return {name: after[name] - self._before[name] for name in after}
+
+
+def emit(*, count: int, seconds: float, ready_seconds: float, worker: WorkerProcess, cpu: dict[str, float]) -> None:
     """The runner's answer: one JSON line on stdout."""
     sys.stdout.write(orjson.dumps({"count": count, "seconds": seconds, "ready_seconds": ready_seconds,
-                                   "peak_rss": worker.peak_rss, "processes": worker.processes}).decode() + "\n")
+                                   "peak_rss": worker.peak_rss, "processes": worker.processes,
+                                   "cpu_seconds": cpu}).decode() + "\n")
     sys.stdout.flush()

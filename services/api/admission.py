@@ -116,7 +116,7 @@ class Admission:
         items = [item for waiting in batch for item in waiting.items]
         try:
             results = await self._admit(items)
-        except BaseException as exc:  # noqa: BLE001 - every waiting caller must hear of it
+        except BaseException as exc:  # every waiting caller must hear of it
             for waiting in batch:
                 if not waiting.done.done():
                     waiting.done.set_exception(exc)
