@@ -159,10 +159,12 @@ class Fleet:
         return self._add("dispatcher", "services.dispatcher", f"http://127.0.0.1:{port}/health/ready",
                          METRICS_PORT=str(port), **env)
 
-    def worker(self, **env: str) -> FleetProcess:
+    def worker(self, stage: str = "default", **env: str) -> FleetProcess:
+        """The default stage's worker is "worker" in the table; another stage's is "worker-<stage>"."""
         port = free_port()
-        return self._add("worker", "services.worker", f"http://127.0.0.1:{port}/health/ready",
-                         "--stage", "default", METRICS_PORT=str(port), **env)
+        name = "worker" if stage == "default" else f"worker-{stage}"
+        return self._add(name, "services.worker", f"http://127.0.0.1:{port}/health/ready",
+                         "--stage", stage, METRICS_PORT=str(port), **env)
 
     def start_sampling(self, interval: float = 0.1) -> None:
         """Track each running process's peak RSS from now on."""

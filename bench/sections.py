@@ -5,8 +5,11 @@ The pipeline hook: when `bench/pipeline.py` exists it must define
 
     async def measure(ctx: bench.context.BenchContext) -> bench.report.Section
 
-and is called with our fleet stopped (it starts the pipeline stages it needs
-with `ctx.fleet`, within `ctx.time_left()`). Its section should report
+and is called with our fleet stopped. It starts the processes it needs with
+`ctx.fleet` (`ctx.fleet.api()`, `ctx.fleet.worker("embed")`, ...; `await
+process.start()` also records start-to-ready), stops them, and keeps within
+`ctx.time_left()`; `ctx.sizes.quick` asks for the tiny smoke-test sizes. Its
+section title starts with "5. Pipeline". Its section should report
 documents/s and chunks/s through `document_processing` on the corpus beside
 embedding-only chunks/s of the same model on the same chunks (target: ≥ 85%),
 and the embedding worker's RSS. Until then the table says it is pending.
