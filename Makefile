@@ -3,6 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: run test install bench chaos lint clean
 
@@ -25,9 +26,18 @@ $(STAMP): pyproject.toml
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos
 
+# The whole comparison in one run (under 10 minutes): prints the table, writes BENCHMARKS.md.
+bench: $(BENCH_STAMP)
+	@command -v hey >/dev/null || echo "note: hey is not installed (apt-get install hey); the aiohttp load generator takes more of the CPU it measures"
+	$(BIN)/python -m bench
+
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
 lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet ruff mypy
-	$(BIN)/ruff check shared services tests
+	$(BIN)/ruff check shared services tests bench
 	$(BIN)/mypy shared
 
 clean:

@@ -1,1 +1,13 @@
-"""Benchmarks (run from the repository root: `python -m bench.<name>`)."""
+"""The benchmark harness: `make bench` (or `python -m bench`).
+
+Measures, in one run on the local RabbitMQ and PostgreSQL, our fleet beside
+the limits of its own tools and beside Celery and Dramatiq on the same broker,
+then prints one table with the ratios and writes BENCHMARKS.md. Absolute
+figures drift on a shared machine; ratios taken in the same run do not.
+
+Never imported by the product (`shared`, `services`).
+
+Sections (one module each): `ingress`, `end_to_end`, `raw_limit`,
+`competitors`, `latency`, `resources` (measured by the fleet itself), and
+`pipeline` (plugged in when `bench/pipeline.py` exists; see `bench.sections`).
+"""

@@ -15,7 +15,8 @@ rate. To measure cold, the cache entries of the bench KB's chunks from an
 earlier run are deleted first (the result says how many vectors still came
 from the cache).
 
-`measure_pipeline(...)` is the function behind the CLI, for the main bench harness.
+`measure_pipeline(...)` is the function behind the CLI; `measure(ctx)` is the
+section of `make bench` (it starts a pipeline fleet of its own).
 """
 
 from __future__ import annotations
@@ -65,8 +66,9 @@ class PipelineMeasurement:
 async def measure_pipeline(
     *, api_url: str, corpus_dir: Path, upload_root: Path, postgres: PostgresSettings,
     embedding: EmbeddingSettings, chunk_size: int = 1000, chunk_overlap: int = 200, timeout: float = 3600,
+    only: tuple[str, ...] | None = None,
 ) -> PipelineMeasurement:
-    files = _stage_corpus(corpus_dir, upload_root / "bench-pipeline")
+    files = _stage_corpus(corpus_dir, upload_root / "bench-pipeline", only)
     conn = await asyncpg.connect(**connect_kwargs(postgres))
     try:
         await _forget_previous_run(conn)
@@ -116,12 +118,67 @@ async def embedding_only_seconds(settings: EmbeddingSettings, texts: list[str]) 
         await embedder.close()
 
 
-def _stage_corpus(corpus_dir: Path, target: Path) -> list[str]:
+# The smoke test's pipeline run: two small text files, enough to prove the section works.
+QUICK_FILES = ("txt-zh-gb18030.txt", "md-pypdf-extract-text.md")
+PIPELINE_STAGES = ("preprocess", "chunk", "embed", "store", "index")
+RATIO_TARGET = 0.85
+
+
+def default_corpus_dir() -> Path:
+    import os
+
+    return Path(os.environ.get("CORPUS_DIR") or Path(__file__).resolve().parents[2] / "shared" / "corpus")
+
+
+async def measure(ctx: Any) -> Any:
+    """The harness section (see bench/sections.py): a fleet with one worker per
+    pipeline stage, the corpus through it, then embedding-only on the same chunks."""
+    from bench.report import Row, Section, verdict
+
+    section = Section("5. Pipeline: document_processing on the corpus, beside embedding only")
+    corpus = default_corpus_dir()
+    if not (corpus / "MANIFEST.md").exists():
+        section.rows.append(Row("pipeline", f"skipped: no corpus at {corpus} (set CORPUS_DIR)"))
+        return section
+    upload_root = ctx.log_dir / "pipeline-uploads"
+    upload_root.mkdir(parents=True, exist_ok=True)
+    env = {"UPLOAD_ROOTS": str(upload_root)}
+    processes = [ctx.fleet.api(**env), ctx.fleet.dispatcher(**env),
+                 *(ctx.fleet.worker(stage, **env) for stage in PIPELINE_STAGES)]
+    try:
+        for process in processes:
+            await process.start(timeout=120)  # the embed worker loads its model first
+        result = await measure_pipeline(
+            api_url=ctx.fleet.api_url, corpus_dir=corpus, upload_root=upload_root, postgres=ctx.environment.postgres,
+            embedding=EmbeddingSettings(), timeout=ctx.budget(600), only=QUICK_FILES if ctx.sizes.quick else None,
+        )
+        embed_rss = next(p for p in processes if p.name.endswith("embed")).rss()
+    finally:
+        for process in processes:
+            process.stop()
+    section.rows += [
+        Row(f"end to end: {result.documents} documents ({result.failed} failed as the manifest says), "
+            f"{result.chunks:,} chunks", f"{result.documents_per_second:.3f} documents/s, "
+            f"{result.chunks_per_second:.2f} chunks/s"),
+        Row(f"embedding only: {result.backend} {result.model}, batch {result.batch_size}, the same chunks",
+            f"{result.embedding_only_chunks_per_second:.2f} chunks/s",
+            compared_with="end-to-end chunks/s", ratio=f"{result.ratio:.0%}",
+            target=f"≥ {RATIO_TARGET:.0%}", verdict=verdict(result.ratio >= RATIO_TARGET)),
+        Row("embed worker RSS after the run (model loaded)", f"{embed_rss / 2**20:.0f} MB"),
+    ]
+    section.notes.append(f"stage time summed over documents (s): {result.stage_seconds}; "
+                         f"vectors from the cache: {result.vectors_from_cache}")
+    return section
+
+
+def _stage_corpus(corpus_dir: Path, target: Path, only: tuple[str, ...] | None = None) -> list[str]:
     if not (corpus_dir / "MANIFEST.md").exists():
         raise SystemExit(f"no corpus at {corpus_dir} (expected MANIFEST.md there)")
     target.mkdir(parents=True, exist_ok=True)
     names = []
     for path in sorted(corpus_dir.iterdir()):
+        if only is not None and path.name not in only:
+            continue
         if path.is_file() and path.name != "MANIFEST.md":
             shutil.copy(path, target / path.name)
             names.append(str(target / path.name))

@@ -12,7 +12,7 @@ import pwd
 import ssl
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal, Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -413,7 +413,8 @@ class DispatcherSettings(BaseSettings):
     model_config = _ENV
 
     batch_max_events: int = Field(default=500, alias="DISPATCHER_BATCH_MAX", ge=1)
-    batch_max_wait_seconds: float = Field(default=0.005, alias="DISPATCHER_BATCH_WAIT", ge=0)
+    # Under load only, how long a batch may linger to grow (an idle dispatcher writes at once).
+    batch_max_wait_seconds: float = Field(default=0.02, alias="DISPATCHER_BATCH_WAIT", ge=0)
 
 
 class Settings(BaseModel):

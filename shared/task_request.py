@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Annotated, Any
 
 import orjson
@@ -93,8 +94,13 @@ class ValidTask:
     task_type: TaskType
     payload: dict[str, Any]  # what the worker gets (secrets revealed)
     retry_limit: int
-    request_hash: str
     stored_payload: dict[str, Any] | None = None  # what the task row keeps (secrets masked)
+
+    @cached_property
+    def request_hash(self) -> str:
+        """Same request, same hash: tells an idempotent retry from a reused key.
+        Computed on first use: only requests with an idempotency key need it."""
+        return _fingerprint(self.request)
 
     @property
     def callback_url(self) -> str | None:
@@ -155,7 +161,6 @@ def validate_task_request(
         task_type=task_type,
         payload=payload,
         retry_limit=retry_limit,
-        request_hash=_fingerprint(request),
         stored_payload=stored_payload,
     )
 
@@ -176,7 +181,6 @@ def _nul_paths(value: Any, path: str = "") -> list[str]:
 
 
 def _fingerprint(request: TaskRequest) -> str:
-    """Same request, same hash: tells an idempotent retry from a reused key."""
     body = request.model_dump(mode="json", exclude={"idempotency_key"})
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 

@@ -15,7 +15,10 @@ def _busy_descendants(fleet: Fleet) -> float:
     worker = next(p for p in fleet.processes if p.name == "worker-default")
     children = psutil.Process(worker.pid).children(recursive=True)
     for child in children:
-        child.cpu_percent(None)
+        try:
+            child.cpu_percent(None)
+        except psutil.NoSuchProcess:  # a child that ended meanwhile burns nothing
+            pass
     time.sleep(1.0)
     total = 0.0
     for child in children:

@@ -2,20 +2,25 @@
 
 One path for REST, batch and `tm.submit`:
 
-    BEGIN; INSERT rows; publish each to its first stage (confirmed); COMMIT
+    BEGIN; INSERT rows; publish each to its first stage (confirms pipelined); COMMIT
 
 The broker confirms before the row commits, so a client that gets `201` has a
-task that is both recorded and queued. If the publish fails the transaction
-rolls back and nothing is left half-created. (If the commit itself fails after
-the broker confirmed, the task still runs and the dispatcher creates its row
-from its events: at-least-once, never lost.)
+task that is both recorded and queued. If a publish fails its row is deleted
+before the commit and nothing is left half-created. (If the commit itself
+fails after the broker confirmed, the task still runs and the dispatcher
+creates its row from its events: at-least-once, never lost.)
+
+Group commit: requests that arrive while transactions are open wait and share
+the next one, so under load one INSERT, one COMMIT and a window of pipelined
+confirms serve many requests; a lone request still goes at once. What happens
+to each request is the same as if it had its own transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from loguru import logger
@@ -32,6 +37,12 @@ from shared.messages import TaskMessage, utcnow
 from shared.status import TaskStatus
 from shared.task_request import ValidTask
 
+# Transactions open at once: two keep the database and the broker busy while the
+# next batch gathers; more only split the same requests into smaller batches.
+MAX_OPEN_TRANSACTIONS = 2
+# Rows per transaction (a batch request larger than this still goes whole).
+MAX_ROWS_PER_TRANSACTION = 500
+
 
 @dataclass(frozen=True)
 class Admitted:
@@ -40,8 +51,22 @@ class Admitted:
 
 
 AdmissionResult = Admitted | TaskManagerError
+Item = tuple[ValidTask, str | None]  # a task and its idempotency key
+_Owned = tuple[ValidTask, str | None, str]  # ... and who submitted it (the idempotency namespace)
 
 _DB_ERRORS = (DBAPIError, InterfaceError, OperationalError, OSError, ConnectionError)
+
+
+@dataclass
+class _Waiting:
+    """One caller's items, waiting for a transaction to take them."""
+
+    items: Sequence[Item]
+    via: str
+    owner: str
+    done: asyncio.Future[list[AdmissionResult]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 class Admission:
@@ -52,69 +77,108 @@ class Admission:
         self._publisher = publisher
         self._slots = asyncio.Semaphore(max_in_flight)
         self._wait_seconds = wait_seconds
+        self._waiting: list[_Waiting] = []
+        self._open: set[asyncio.Task[None]] = set()
 
-    async def admit(
-        self, items: Sequence[tuple[ValidTask, str | None]], *, via: str, owner: str
-    ) -> list[AdmissionResult]:
+    async def admit(self, items: Sequence[Item], *, via: str, owner: str) -> list[AdmissionResult]:
         """Admit `(task, idempotency_key)` pairs for `owner` (whose namespace the
         idempotency keys live in); one result per item, in order."""
+        if self._slots.locked():  # the common case skips wait_for, which costs a task per call
+            try:
+                await asyncio.wait_for(self._slots.acquire(), self._wait_seconds)
+            except TimeoutError:
+                busy = Unavailable("too many tasks are being admitted right now; retry shortly")
+                return [busy for _ in items]
+        else:
+            await self._slots.acquire()
         try:
-            await asyncio.wait_for(self._slots.acquire(), self._wait_seconds)
-        except TimeoutError:
-            busy = Unavailable("too many tasks are being admitted right now; retry shortly")
-            return [busy for _ in items]
-        try:
-            return await self._admit(items, via, owner)
+            waiting = _Waiting(items, via, owner)
+            self._waiting.append(waiting)
+            self._start_transactions()
+            # Shielded: a caller that goes away must not cancel the others' transaction.
+            return await asyncio.shield(waiting.done)
         finally:
             self._slots.release()
 
-    async def _admit(
-        self, items: Sequence[tuple[ValidTask, str | None]], via: str, owner: str
-    ) -> list[AdmissionResult]:
+    def _start_transactions(self) -> None:
+        while self._waiting and len(self._open) < MAX_OPEN_TRANSACTIONS:
+            batch, rows = [], 0
+            while self._waiting and (not batch or rows + len(self._waiting[0].items) <= MAX_ROWS_PER_TRANSACTION):
+                waiting = self._waiting.pop(0)
+                batch.append(waiting)
+                rows += len(waiting.items)
+            task = asyncio.create_task(self._transaction(batch))
+            self._open.add(task)
+            task.add_done_callback(self._transaction_done)
+
+    def _transaction_done(self, task: asyncio.Task[None]) -> None:
+        self._open.discard(task)
+        self._start_transactions()
+
+    async def _transaction(self, batch: list[_Waiting]) -> None:
+        items = [(valid, key, waiting.owner) for waiting in batch for valid, key in waiting.items]
+        try:
+            results = await self._admit(items)
+        except BaseException as exc:  # every waiting caller must hear of it
+            for waiting in batch:
+                if not waiting.done.done():
+                    waiting.done.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        start = 0
+        for waiting in batch:
+            mine = results[start : start + len(waiting.items)]
+            start += len(waiting.items)
+            _count(waiting, mine)
+            if not waiting.done.done():
+                waiting.done.set_result(mine)
+
+    async def _admit(self, items: Sequence[_Owned]) -> list[AdmissionResult]:
         now = utcnow()
-        rows = [_row(valid, key, now, owner) for valid, key in items]
+        rows = [_row(valid, key, owner, now) for valid, key, owner in items]
         results: list[AdmissionResult | None] = [None] * len(items)
         try:
             async with self._engine.begin() as conn:
                 inserted = await repo.insert_tasks(conn, rows)
                 existing = await repo.tasks_by_idempotency_key(
-                    conn, owner, [r["idempotency_key"] for r in rows if r["id"] not in inserted]
+                    conn, [(r["created_by"], r["idempotency_key"]) for r in rows if r["id"] not in inserted]
                 )
-                to_publish = []
-                for i, row in enumerate(rows):
-                    if row["id"] in inserted:
-                        to_publish.append(i)
-                    else:
-                        results[i] = _replayed(row, existing.get(row["idempotency_key"]))
+                to_publish = [i for i, row in enumerate(rows) if row["id"] in inserted]
                 outcomes = await asyncio.gather(
                     *(self._publisher.task(_message(items[i][0], rows[i])) for i in to_publish),
                     return_exceptions=True,
                 )
-                refused = []
+                refused: set[str] = set()
                 for i, outcome in zip(to_publish, outcomes, strict=True):
                     if isinstance(outcome, BaseException):
-                        refused.append(rows[i]["id"])
+                        refused.add(str(rows[i]["id"]))
                         results[i] = _as_unavailable(outcome)
                     else:
                         results[i] = Admitted(rows[i], created=True)
+                for i, row in enumerate(rows):
+                    if results[i] is None:
+                        results[i] = _replayed(row, existing.get((row["created_by"], row["idempotency_key"])), refused)
                 await repo.delete_tasks(conn, refused)
         except _DB_ERRORS as exc:
             logger.warning("admission failed: database unavailable ({})", type(exc).__name__)
             return [Unavailable("the task database is unavailable; retry shortly") for _ in items]
-
-        for (valid, _), result in zip(items, results, strict=True):
-            if isinstance(result, Admitted) and result.created:
-                metrics.tasks_submitted_total.labels(valid.task_type.name, via).inc()
-                row = result.task
-                with logger.contextualize(task_id=str(row["id"]), kb_id=row["kb_id"], task_type=row["task_type"],
-                                          stage=row["stage"], attempt=row["attempts"]):
-                    logger.info("task accepted via {} (priority {})", via, row["priority"])
-            elif isinstance(result, TaskManagerError):
-                metrics.tasks_rejected_total.labels(result.code, via).inc()
         return [r for r in results if r is not None]
 
 
-def _row(valid: ValidTask, idempotency_key: str | None, now: datetime, owner: str) -> dict[str, object]:
+def _count(waiting: _Waiting, results: Sequence[AdmissionResult]) -> None:
+    for (valid, _), result in zip(waiting.items, results, strict=True):
+        if isinstance(result, Admitted) and result.created:
+            metrics.tasks_submitted_total.labels(valid.task_type.name, waiting.via).inc()
+            row = result.task
+            with logger.contextualize(task_id=str(row["id"]), kb_id=row["kb_id"], task_type=row["task_type"],
+                                      stage=row["stage"], attempt=row["attempts"]):
+                logger.info("task accepted via {} (priority {})", waiting.via, row["priority"])
+        elif isinstance(result, TaskManagerError):
+            metrics.tasks_rejected_total.labels(result.code, waiting.via).inc()
+
+
+def _row(valid: ValidTask, idempotency_key: str | None, owner: str, now: datetime) -> dict[str, object]:
     request = valid.request
     return {
         "id": new_task_id(),
@@ -134,7 +198,8 @@ def _row(valid: ValidTask, idempotency_key: str | None, now: datetime, owner: st
         "created_at": now,
         "updated_at": now,
         "idempotency_key": idempotency_key,
-        "request_hash": valid.request_hash,
+        # Only an idempotent retry needs the fingerprint; hashing every request costs.
+        "request_hash": valid.request_hash if idempotency_key is not None else None,
         "created_by": owner,
     }
 
@@ -155,8 +220,9 @@ def _message(valid: ValidTask, row: dict[str, object]) -> TaskMessage:
     )
 
 
-def _replayed(row: dict[str, object], existing: TaskRow | None) -> AdmissionResult:
-    if existing is None:  # the conflicting insert was rolled back meanwhile
+def _replayed(row: dict[str, object], existing: TaskRow | None, refused: set[str]) -> AdmissionResult:
+    if existing is None or str(existing["id"]) in refused:
+        # The row that holds the key is being rolled back (here or in another transaction).
         return Unavailable("a request with this Idempotency-Key is in progress; retry shortly")
     if existing["request_hash"] != row["request_hash"]:
         return Conflict(

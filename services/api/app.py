@@ -31,8 +31,8 @@ from services.api.resources import (
 )
 from services.api.routes.dlq import routes as dlq_routes
 from services.api.routes.docs import routes as docs_routes
-from services.api.routes.stats import routes as stats_routes
 from services.api.routes.kbs import routes as kb_routes
+from services.api.routes.stats import routes as stats_routes
 from services.api.routes.tasks import routes as task_routes
 from services.api.routes.uploads import routes as upload_routes
 from services.api.schemas import HealthReport

@@ -13,6 +13,7 @@ from aio_pika.exceptions import ChannelNotFoundEntity
 from loguru import logger
 
 from shared import metrics
+from shared.runtime import stop_task
 from shared.topology import Topology
 
 INTERVAL_SECONDS = 5.0
@@ -47,9 +48,7 @@ class QueueMonitor:
 
     async def stop(self) -> None:
         if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task, "the queue monitor")
 
     async def sample(self) -> dict[str, QueueFigures]:
         """Ready messages and consumers of every queue that exists (a missing

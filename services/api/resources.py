@@ -14,11 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.api.admission import Admission
 from services.api.auth import AUTHENTICATOR, Authenticator
 from services.api.dead_letters import DeadLetterQueue
+from services.api.query_embedder import QueryEmbedder
 from services.api.queue_monitor import QueueMonitor
 from services.api.queue_stats import QueueStats
-from services.api.worker_registry import WorkerRegistry
 from services.api.submission_checks import SubmissionChecks
-from services.api.query_embedder import QueryEmbedder
+from services.api.worker_registry import WorkerRegistry
 from shared.amqp.connection import connect
 from shared.amqp.publisher import Publisher
 from shared.amqp.readiness import BrokerReadiness

@@ -16,6 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.api.upload_intake import INCOMING
+from shared.runtime import stop_task
 from shared.settings import FileSettings
 
 BATCH = 500
@@ -50,10 +51,7 @@ class UploadSweeper:
         self._task = asyncio.create_task(self._run(), name="upload-sweeper")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task, "the upload sweeper")
 
     async def sweep(self) -> list[str]:
         """Delete what has expired; answers the file_refs deleted."""

@@ -25,6 +25,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import metrics
+from shared.runtime import stop_task
 from shared.security.callback_policy import CallbackPolicy, CallbackRefused, redact_url
 from shared.settings import CallbackSettings
 from shared.webhooks import sign
@@ -98,10 +99,7 @@ class CallbackSender:
         self._task = asyncio.create_task(self._run(), name="callback-sender")
 
     async def stop(self, grace_seconds: float = 10.0) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task, "the callback sender")
         if self._sending:
             await asyncio.wait(self._sending, timeout=grace_seconds)
 

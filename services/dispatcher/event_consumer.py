@@ -25,7 +25,7 @@ from shared.amqp.dead_letter import dead_letter_headers
 from shared.amqp.publisher import Publisher
 from shared.errors import PoisonMessage, Unavailable
 from shared.messages import EVENT_STATUS, CancelTask, TaskEvent, parse_task_event, utcnow
-from shared.runtime import bounded
+from shared.runtime import bounded, stop_task
 from shared.settings import DispatcherSettings
 from shared.status import TaskStatus
 from shared.topology import DISPATCHER_EVENTS_QUEUE, Topology, declare_queue
@@ -68,22 +68,24 @@ class EventConsumer:
         self._stopping = True
         if self._queue is not None and self._tag is not None:
             await bounded(self._queue.cancel(self._tag), "cancelling the event consumer")
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        await stop_task(self._loop_task, "the event batch loop")
         if self._channel is not None:
             await bounded(self._channel.close(), "closing the event channel")
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+    def _on_message(self, message: AbstractIncomingMessage) -> None:
+        # Not a coroutine: aio-pika then calls it directly instead of starting a task per event.
         self._buffer.append(message)
         self._wakeup.set()
 
     async def _run(self) -> None:
+        # Under load (events kept arriving while the last batch was written) a
+        # batch lingers up to DISPATCHER_BATCH_WAIT to grow: each write costs the
+        # same whatever its size. An idle dispatcher writes the first event at once.
+        under_load = False
         while True:
             await self._wakeup.wait()
-            if len(self._buffer) < self._batch_max and self._batch_wait:
-                await asyncio.sleep(self._batch_wait)  # let a batch gather under load
+            if under_load and len(self._buffer) < self._batch_max and self._batch_wait:
+                await asyncio.sleep(self._batch_wait)
             batch, self._buffer = self._buffer[: self._batch_max], self._buffer[self._batch_max :]
             if not self._buffer:
                 self._wakeup.clear()
@@ -98,6 +100,7 @@ class EventConsumer:
                 with contextlib.suppress(Exception):
                     await batch[-1].nack(multiple=True, requeue=True)
                 await asyncio.sleep(1)
+            under_load = bool(self._buffer)
 
     async def _handle(self, batch: list[AbstractIncomingMessage]) -> None:
         events: list[TaskEvent] = []

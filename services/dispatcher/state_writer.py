@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.dispatcher.state_fold import TaskDelta
 from shared.status import TaskStatus
@@ -101,34 +101,46 @@ class Ended:
 class TaskStateWriter:
     def __init__(self, engine: AsyncEngine, *, default_callback_url: str | None) -> None:
         self._engine = engine
+        # The upsert (with its outbox insert) is one statement, atomic on its own:
+        # without a replay to apply first it needs no BEGIN/COMMIT round trips.
+        self._single_statements = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._default_callback_url = default_callback_url
 
     async def apply(self, deltas: Sequence[TaskDelta]) -> tuple[list[Ended], list[str]]:
-        """Commit `deltas` in one transaction. Answers the tasks that ended now,
-        and the ids among still-running deltas whose task was already cancelled
-        (their workers missed the cancel and should be told again)."""
+        """Commit `deltas` atomically. Answers the tasks that ended now, and the
+        ids among still-running deltas whose task was already cancelled (their
+        workers missed the cancel and should be told again)."""
         batch = [_record(d) for d in deltas]
         requeues = [r for r, d in zip(batch, deltas, strict=True) if d.requeued]
-        async with self._engine.begin() as conn:
-            if requeues:
+        params = {"batch": batch, "default_callback_url": self._default_callback_url}
+        if requeues:
+            async with self._engine.begin() as conn:  # the reset and the upsert commit together
                 await conn.execute(_REQUEUE, {"batch": requeues})
-            rows = (
-                await conn.execute(_UPSERT, {"batch": batch, "default_callback_url": self._default_callback_url})
-            ).all()
-            ended = [
-                Ended(r.id, TaskStatus(r.status), r.task_type, r.callback_queued)
-                for r in rows
-                if TaskStatus(r.status).is_terminal
-            ]
-            # Deltas that changed nothing hit a frozen (terminal) row: if it was
-            # cancelled, a worker is running a task it should have skipped.
-            updated = {r.id for r in rows}
-            unchanged = [d.task_id for d in deltas if not d.status.is_terminal and d.task_id not in updated]
-            stale_cancelled: list[str] = []
-            if unchanged:
-                found = await conn.execute(_CANCELLED_AMONG, {"ids": unchanged})
-                stale_cancelled = [r.id for r in found]
-        return ended, stale_cancelled
+                rows = (await conn.execute(_UPSERT, params)).all()
+                return self._outcome(deltas, rows, await self._stale_cancelled(conn, deltas, rows))
+        async with self._single_statements.connect() as conn:
+            rows = (await conn.execute(_UPSERT, params)).all()
+            return self._outcome(deltas, rows, await self._stale_cancelled(conn, deltas, rows))
+
+    @staticmethod
+    def _outcome(deltas: Sequence[TaskDelta], rows: Sequence[Any], stale: list[str]) -> tuple[list[Ended], list[str]]:
+        ended = [
+            Ended(r.id, TaskStatus(r.status), r.task_type, r.callback_queued)
+            for r in rows
+            if TaskStatus(r.status).is_terminal
+        ]
+        return ended, stale
+
+    @staticmethod
+    async def _stale_cancelled(conn: AsyncConnection, deltas: Sequence[TaskDelta], rows: Sequence[Any]) -> list[str]:
+        # Deltas that changed nothing hit a frozen (terminal) row: if it was
+        # cancelled, a worker is running a task it should have skipped.
+        updated = {r.id for r in rows}
+        unchanged = [d.task_id for d in deltas if not d.status.is_terminal and d.task_id not in updated]
+        if not unchanged:
+            return []
+        found = await conn.execute(_CANCELLED_AMONG, {"ids": unchanged})
+        return [r.id for r in found]
 
 
 def _record(delta: TaskDelta) -> dict[str, Any]:

@@ -114,6 +114,14 @@ class StageWorker:
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
         self._stopping = False
+        self._active_gauge = metrics.worker_pool_active_count.labels(stage)
+        self._idle_gauge = metrics.worker_pool_idle_count.labels(stage)
+        # Built once: wrapping each step anew cost more than publishing it.
+        self._run_with_retries = backoff.on_exception(
+            backoff.expo, Unavailable, max_value=10, max_time=OUTCOME_PUBLISH_MAX_SECONDS, giveup=lambda _: self._stopping, logger=None,
+            on_backoff=lambda d: logger.warning("publish refused ({}); retrying in {:.1f}s",
+                                                getattr(d.get("exception"), "message", "?"), d["wait"]),
+        )(_run_step)
         self._update_pool_gauges()
 
     @property
@@ -308,15 +316,7 @@ class StageWorker:
         await message.ack()
 
     async def _with_retries(self, step: Step) -> None:
-        def give_up(_: Exception) -> bool:
-            return self._stopping
-
-        retrying = backoff.on_exception(
-            backoff.expo, Unavailable, max_value=10, max_time=OUTCOME_PUBLISH_MAX_SECONDS, giveup=give_up, logger=None,
-            on_backoff=lambda d: logger.warning("publish refused ({}); retrying in {:.1f}s",
-                                                getattr(d.get("exception"), "message", "?"), d["wait"]),
-        )(step)
-        await retrying()
+        await self._run_with_retries(step)
 
     def _event_step(self, event: Any) -> Step:
         return lambda: self._publisher.event(event)
@@ -359,8 +359,8 @@ class StageWorker:
         await self._settle(message, [lambda: self._dead(message.body, dead_headers, "poison")])
 
     def _update_pool_gauges(self) -> None:
-        metrics.worker_pool_active_count.labels(self.stage).set(self.active)
-        metrics.worker_pool_idle_count.labels(self.stage).set(max(0, self.pool_size - self.active))
+        self._active_gauge.set(self.active)
+        self._idle_gauge.set(max(0, self.pool_size - self.active))
 
 
 def _cancelled(task: TaskMessage, attempt: int) -> TaskCancelled:
@@ -377,6 +377,10 @@ def _int(value: Any, default: int) -> int:
         return int(value)
     except (TypeError, ValueError):
         return default
+
+
+async def _run_step(step: Step) -> None:
+    await step()
 
 
 async def _quietly(awaitable: Awaitable[Any]) -> None:

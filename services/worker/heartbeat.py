@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 from typing import Literal
@@ -14,6 +13,7 @@ from services.worker.consumer import StageWorker
 from shared.amqp.publisher import Publisher
 from shared.errors import Unavailable
 from shared.messages import WorkerHeartbeat, utcnow
+from shared.runtime import bounded, stop_task
 
 HeartbeatState = Literal["running", "draining", "stopped"]
 
@@ -32,14 +32,8 @@ class Heartbeat:
     async def stop(self) -> None:
         """Stop beating and say goodbye, so listeners drop this worker at once
         instead of after a few missed intervals."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        try:
-            await self._publisher.heartbeat(self.snapshot(state="stopped"))
-        except Unavailable as exc:
-            logger.debug("last heartbeat not sent: {}", exc.message)
+        await stop_task(self._task, "the heartbeat")
+        await bounded(self._publisher.heartbeat(self.snapshot(state="stopped")), "the last heartbeat", 2.0)
 
     def snapshot(self, state: HeartbeatState | None = None) -> WorkerHeartbeat:
         worker = self._worker

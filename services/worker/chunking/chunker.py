@@ -104,8 +104,20 @@ class Chunker:
         if piece.end - self._chunk_start <= self.size:
             self._pieces.append(piece)
             return
+        if self._adds_nothing():
+            # Only the overlap and whitespace so far: such a chunk would repeat
+            # the previous one. Start afresh at the piece (the gap is blank).
+            self._chunk_start, self._pieces = piece.start, [piece]
+            return
         yield from self._emit()
         self._open(piece)
+
+    def _adds_nothing(self) -> bool:
+        """True when the chunk being built holds no text beyond the previous chunk."""
+        if self._previous is None:
+            return False
+        _, prev_end, _ = self._previous
+        return not self._text(max(prev_end, self._chunk_start), self._pieces[-1].end).strip()
 
     def _open(self, piece: _Piece) -> None:
         """Start a chunk with `piece`, reaching back into the previous chunk for the overlap."""

@@ -21,6 +21,7 @@ from services.worker.pipeline import staging
 from shared.amqp.connection import connect
 from shared.errors import PoisonMessage
 from shared.messages import parse_task_event
+from shared.runtime import stop_task
 from shared.settings import Settings
 from shared.topology import EVENTS_EXCHANGE
 
@@ -45,10 +46,7 @@ class StagingJanitor:
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        await stop_task(self._sweeper, "the staging janitor")
         if self._connection is not None:
             with contextlib.suppress(Exception):
                 await self._connection.close()
