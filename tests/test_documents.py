@@ -1,5 +1,5 @@
 """Every corpus file converts as ../shared/corpus/MANIFEST.md says (the parsing
-step itself, in-process; tests/test_pipeline.py runs them through the fleet),
+step itself, in-process; tests/pipeline/test_pipeline.py runs them through the fleet),
 and malformed files fail with a reason a person understands."""
 
 from __future__ import annotations

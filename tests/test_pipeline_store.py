@@ -3,7 +3,7 @@ the real PostgreSQL (and RabbitMQ for their side channels): a retried store
 never duplicates, re-processing swaps chunk sets atomically, an older task
 never overwrites a newer one, and a deletion is not undone by a late writer.
 Embeddings come from the OpenAI-compatible client against the local fake, so
-these tests take seconds; tests/test_pipeline.py uses the real model."""
+these tests take seconds; tests/pipeline/test_pipeline.py uses the real model."""
 
 from __future__ import annotations
 

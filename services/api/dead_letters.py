@@ -10,13 +10,13 @@ only then acks the dead copy.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.api.schemas import DeadLetterView
 from shared import metrics
 from shared.amqp import headers as h
 from shared.amqp.publisher import Publisher
@@ -27,24 +27,8 @@ from shared.status import TaskStatus
 from shared.topology import DEAD_QUEUE
 
 
-@dataclass(frozen=True)
-class DeadLetter:
-    task_id: str | None
-    task_type: str | None
-    kb_id: str | None
-    reason: str | None
-    stage: str | None
-    source_queue: str | None
-    attempts: int | None
-    last_error: str | None
-    first_failure_at: str | None
-    last_failure_at: str | None
-    dead_at: str | None
-    replayable: bool
-    body_preview: str | None = None
-
-    def view(self) -> dict[str, Any]:
-        return asdict(self)
+# What an operator sees of one dead letter (the same model the api answers with).
+DeadLetter = DeadLetterView
 
 
 @dataclass(frozen=True)

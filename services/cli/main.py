@@ -254,15 +254,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
             body[key] = getattr(args, key)
     client = _client(settings)
     created = client.submit(body, args.idempotency_key)
-    if not args.wait:
-        _print(created)
-        return 0
-    while True:
-        task = client.status(created["task_id"])
-        if TaskStatus(task["status"]).is_terminal:
-            _print(task)
-            return 0 if task["status"] == "completed" else 2
-        time.sleep(0.2)
+    return _print_or_wait(client, created, wait=args.wait)
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -330,7 +322,12 @@ def cmd_documents(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_delete_document(args: argparse.Namespace, settings: Settings) -> int:
     client = _client(settings)
     created = client.delete_document(args.kb_id, args.document_id)
-    if not args.wait:
+    return _print_or_wait(client, created, wait=args.wait)
+
+
+def _print_or_wait(client: ApiClient, created: dict[str, Any], *, wait: bool) -> int:
+    """Print the created task, or wait for its end and print that (exit 2 unless completed)."""
+    if not wait:
         _print(created)
         return 0
     while True:

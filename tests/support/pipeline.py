@@ -70,3 +70,4 @@ async def search(api: ApiClient, kb_id: str, query: str, **body: Any) -> dict[st
     status, answer = await api.call("POST", f"/api/v1/kbs/{kb_id}/search", json={"query": query, **body})
     assert status == 200, answer
     return answer  # type: ignore[no-any-return]
+

@@ -44,7 +44,7 @@ async def list_dead_letters(request: web.Request) -> web.Response:
     limit = _limit(request.rel_url.query.get("limit"), DEFAULT_LIMIT)
     dlq = request.app[DEAD_LETTERS]
     items = await dlq.peek(limit=limit)
-    return json_response({"depth": await dlq.depth(), "items": [i.view() for i in items]})
+    return json_response({"depth": await dlq.depth(), "items": [i.model_dump() for i in items]})
 
 
 @routes.get("/api/v1/dlq/{task_id:[0-9A-Fa-f-]{36}}")
@@ -55,7 +55,7 @@ async def show_dead_letter(request: web.Request) -> web.Response:
     items = await request.app[DEAD_LETTERS].peek(limit=MAX_LIMIT, task_id=task_id)
     if not items:
         raise web.HTTPNotFound(text=f"no dead letter for task {task_id!r}")
-    return json_response({"items": [i.view() for i in items]})
+    return json_response({"items": [i.model_dump() for i in items]})
 
 
 @routes.post("/api/v1/dlq/replay")

@@ -1,7 +1,7 @@
 """The document pipeline end to end with real embeddings: the real api, one
 worker per stage (all-MiniLM-L6-v2 on CPU), the dispatcher, RabbitMQ and
 PostgreSQL, fed files of the shared corpus (CORPUS_DIR, default
-../shared/corpus beside the clone). tests/test_pipeline_corpus.py runs every
+../shared/corpus beside the clone). tests/pipeline/test_pipeline_corpus.py runs every
 corpus file through a fleet embedding against a local OpenAI-compatible server.
 
 One fleet serves the module; each test ingests into its own KB."""
@@ -15,14 +15,12 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import asyncpg
 import pytest
 import pytest_asyncio
 
-from shared.db.local_server import connect_kwargs
 from tests.support.api import ApiClient
 from tests.support.pipeline import (
     STAGES,
@@ -39,26 +37,6 @@ from tests.support.pipeline import (
 async def pipeline(tmp_path_factory: pytest.TempPathFactory, corpus_dir: Path) -> AsyncIterator[PipelineFleet]:
     async with pipeline_fleet(tmp_path_factory, corpus_or_skip(corpus_dir), EMBEDDING_BATCH_SIZE="32") as running:
         yield running
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def api(pipeline: PipelineFleet, http: aiohttp.ClientSession) -> ApiClient:
-    return ApiClient(pipeline.fleet.api_url, http)
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def db(pipeline: PipelineFleet) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(**connect_kwargs(pipeline.environment.postgres))
-    yield conn
-    await conn.close()
-
-
-@pytest.fixture(autouse=True)
-def _fleet_logs_on_failure(request: pytest.FixtureRequest) -> Any:
-    yield
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed and "pipeline" in request.fixturenames:
-        print(request.getfixturevalue("pipeline").fleet.logs())
 
 
 async def test_search_finds_a_known_passage_in_the_top_3(api: ApiClient) -> None:

@@ -5,21 +5,18 @@ says; plus the refusals, passwords and deletions around it.
 The embed worker here uses the `openai` backend against a local server
 honouring the OpenAI embeddings API (tests/support/fake_embeddings.py), so the
 sweep measures parsing, chunking and storage rather than CPU-bound model
-time; tests/test_pipeline.py runs the real model."""
+time; tests/pipeline/test_pipeline.py runs the real model."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import asyncpg
 import pytest
 import pytest_asyncio
 
-from shared.db.local_server import connect_kwargs
 from tests.support.api import ApiClient
 from tests.support.fake_embeddings import FakeEmbeddingServer
 from tests.support.pipeline import (
@@ -58,26 +55,6 @@ async def pipeline(tmp_path_factory: pytest.TempPathFactory, corpus_dir: Path,
         EMBEDDING_CONCURRENCY="4",
     ) as running:
         yield running
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def api(pipeline: PipelineFleet, http: aiohttp.ClientSession) -> ApiClient:
-    return ApiClient(pipeline.fleet.api_url, http)
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def db(pipeline: PipelineFleet) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(**connect_kwargs(pipeline.environment.postgres))
-    yield conn
-    await conn.close()
-
-
-@pytest.fixture(autouse=True)
-def _fleet_logs_on_failure(request: pytest.FixtureRequest) -> Any:
-    yield
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed and "pipeline" in request.fixturenames:
-        print(request.getfixturevalue("pipeline").fleet.logs())
 
 
 async def test_every_corpus_file_ends_as_the_manifest_says(api: ApiClient, corpus_dir: Path, db: asyncpg.Connection,
