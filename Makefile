@@ -38,7 +38,7 @@ $(BENCH_STAMP): pyproject.toml $(STAMP)
 lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet ruff mypy
 	$(BIN)/ruff check shared services tests bench
-	$(BIN)/mypy shared
+	$(BIN)/mypy --strict shared
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -61,7 +61,8 @@ def metrics_token_middleware(token: str | None) -> Any:
             if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
                 return _json({"error": {"code": "unauthorized", "message": "/metrics needs the METRICS_TOKEN"}},
                              401, {"WWW-Authenticate": 'Bearer realm="taskmgr"'})
-        return await handler(request)
+        response: web.StreamResponse = await handler(request)
+        return response
 
     return middleware
 

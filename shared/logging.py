@@ -41,7 +41,7 @@ def configure_logging(settings: ServiceSettings, *, process: str, secrets: Itera
             _TextSink(redactor),
             level=level,
             format=_TEXT_FORMAT,
-            filter=_add_context_text,
+            filter=_add_context_text,  # type: ignore[arg-type]  # loguru's Record is a TypedDict
             colorize=sys.stderr.isatty(),
             backtrace=False,
             diagnose=False,

@@ -422,19 +422,19 @@ class Settings(BaseModel):
 
     model_config = {"frozen": True}
 
-    service: Annotated[ServiceSettings, Field(default_factory=ServiceSettings)]
-    amqp: Annotated[AmqpSettings, Field(default_factory=AmqpSettings)]
-    postgres: Annotated[PostgresSettings, Field(default_factory=PostgresSettings)]
-    worker: Annotated[WorkerSettings, Field(default_factory=WorkerSettings)]
-    retry: Annotated[RetrySettings, Field(default_factory=RetrySettings)]
-    api: Annotated[ApiSettings, Field(default_factory=ApiSettings)]
-    callbacks: Annotated[CallbackSettings, Field(default_factory=CallbackSettings)]
-    dispatcher: Annotated[DispatcherSettings, Field(default_factory=DispatcherSettings)]
-    files: Annotated[FileSettings, Field(default_factory=FileSettings)]
-    auth: Annotated[AuthSettings, Field(default_factory=AuthSettings)]
-    embedding: Annotated[EmbeddingSettings, Field(default_factory=EmbeddingSettings)]
-    pipeline: Annotated[PipelineSettings, Field(default_factory=PipelineSettings)]
-    search: Annotated[SearchSettings, Field(default_factory=SearchSettings)]
+    service: ServiceSettings = Field(default_factory=ServiceSettings)
+    amqp: AmqpSettings = Field(default_factory=AmqpSettings)
+    postgres: PostgresSettings = Field(default_factory=PostgresSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    callbacks: CallbackSettings = Field(default_factory=CallbackSettings)
+    dispatcher: DispatcherSettings = Field(default_factory=DispatcherSettings)
+    files: FileSettings = Field(default_factory=FileSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    search: SearchSettings = Field(default_factory=SearchSettings)
 
     @model_validator(mode="after")
     def _kb_burst_fits_a_batch(self) -> Settings:

@@ -106,7 +106,7 @@ class LocalPostgres:
         kwargs: dict[str, object] = {}
         if owner is not None:
             kwargs = {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []}
-        result = subprocess.run(
+        result: subprocess.CompletedProcess[str] = subprocess.run(
             argv, capture_output=True, text=True, cwd="/", check=False, **kwargs  # type: ignore[call-overload]
         )
         if check and result.returncode != 0:
