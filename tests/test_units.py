@@ -58,7 +58,13 @@ def test_task_ids_are_time_ordered_uuid7() -> None:
     first = new_task_id()
     time.sleep(0.002)
     second = new_task_id()
-    assert uuid.UUID(first).version == 7 and first < second
+    assert uuid.UUID(first).version == 7 and uuid.UUID(first).variant == uuid.RFC_4122 and first < second
+
+
+def test_task_ids_from_one_process_increase_even_within_a_millisecond() -> None:
+    ids = [new_task_id() for _ in range(10_000)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert abs(int(ids[0][:13].replace("-", ""), 16) - time.time_ns() // 1_000_000) < 5_000
 
 
 def test_topology_names_come_from_one_spec() -> None:
