@@ -51,19 +51,28 @@ FROM tasks WHERE kb_id = $1
 """
 
 
-async def wait_completed(ctx: BenchContext, tag: str, n: int, started: float, timeout: float) -> Throughput:
+async def wait_completed(ctx: BenchContext, tag: str, n: int, started: float, timeout: float,
+                         submitting: asyncio.Task[Throughput]) -> Throughput:
+    """Polls until every accepted task ended: a refused submission never
+    becomes a task, so waiting for it would only run into the time limit."""
     deadline = started + timeout
     done = failed = 0
+    expected = n
     while True:
+        if submitting.done():
+            expected = n - submitting.result().errors
         row = await ctx.pg.fetchrow(_COUNTS, tag)
         done, failed = row["done"], row["failed"]
         now = time.perf_counter()
-        if done + failed >= n or now > deadline:
+        if done + failed >= expected or now > deadline:
             break
         await asyncio.sleep(POLL_SECONDS)
+    refused = n - expected
     complete = done + failed >= n
-    note = "" if complete else f"time limit: {done:,} of {n:,} completed after {now - started:.0f}s"
-    return Throughput(count=done, seconds=now - started, errors=failed, complete=complete, note=note)
+    notes = [f"{refused:,} submissions refused"] if refused else []
+    if done + failed < expected:
+        notes.append(f"time limit: {done:,} of {n:,} completed after {now - started:.0f}s")
+    return Throughput(count=done, seconds=now - started, errors=failed, complete=complete, note="; ".join(notes))
 
 
 async def over_rest(ctx: BenchContext) -> EndToEnd:
@@ -73,7 +82,7 @@ async def over_rest(ctx: BenchContext) -> EndToEnd:
     submitting = asyncio.create_task(run_load(f"{ctx.fleet.api_url}/api/v1/tasks", n=n,
                                               concurrency=ctx.sizes.e2e_concurrency,
                                               body={**BENCH_BODY, "kb_id": tag}, generator=ctx.loadgen))
-    result = await wait_completed(ctx, tag, n, started, ctx.budget(120))
+    result = await wait_completed(ctx, tag, n, started, ctx.budget(120), submitting)
     submission = await submitting
     return EndToEnd(result, submission, meter.per_task(result.count))
 
@@ -107,7 +116,7 @@ async def over_amqp(ctx: BenchContext) -> EndToEnd:
             return Throughput(count=n, seconds=time.perf_counter() - started, errors=refused)
 
         submitting = asyncio.create_task(submit_all())
-        result = await wait_completed(ctx, tag, n, started, ctx.budget(120))
+        result = await wait_completed(ctx, tag, n, started, ctx.budget(120), submitting)
         submission = await submitting
         return EndToEnd(result, submission, meter.per_task(result.count))
     finally:

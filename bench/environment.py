@@ -38,6 +38,10 @@ class BenchEnvironment:
             "POSTGRES_DB": self.postgres.db,
             "ENVIRONMENT": "development",  # loopback only; logging as in development
             "PYTHONUNBUFFERED": "1",
+            # One tenant submitting 10,000 tasks in seconds is exactly what the
+            # rate limits exist to refuse; the bench measures the fleet behind them.
+            "RATE_LIMIT_PER_SECOND": "0",
+            "KB_RATE_LIMIT_PER_SECOND": "0",
             **overrides,
         }
 

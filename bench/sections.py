@@ -58,8 +58,10 @@ def end_to_end(
     ours_names = {"api": "api", "worker": "worker", "dispatcher": "dispatcher", "postgres": "PostgreSQL",
                   "rabbitmq": "RabbitMQ"}
     for label, run, unit in (("ours, over REST", rest, "req/s"), ("ours, over tm.submit", amqp, "msg/s")):
-        section.rows.append(Row(f"{label} (submitted at {number(run.submission.rate)} {unit})", _rate(run.result),
-                                target=f"≥ {E2E_TARGET:,.0f} tasks/s", verdict=verdict(run.result.rate >= E2E_TARGET)))
+        refused = f", {run.submission.errors:,} refused" if run.submission.errors else ""
+        section.rows.append(Row(f"{label} (submitted at {number(run.submission.rate)} {unit}{refused})",
+                                _rate(run.result), target=f"≥ {E2E_TARGET:,.0f} tasks/s",
+                                verdict=verdict(run.result.complete and run.result.rate >= E2E_TARGET)))
         section.rows.append(Row(f"{label}: CPU per task, service side",
                                 _cpu_text(run.cpu_us_per_task, ours_names)))
     best = max((rest, amqp), key=lambda run: run.result.rate)

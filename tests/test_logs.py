@@ -36,7 +36,8 @@ async def test_production_logs_are_json_lines_with_task_fields_and_no_secrets(
     # those), to a port where nothing listens: the dispatcher logs the failed
     # delivery, URL included.
     hook = f"http://kb:{URL_PASSWORD}@127.0.0.1:{free_port()}/hook"
-    production = {"LOG_FORMAT": "json", "CALLBACK_SECRET": CALLBACK_SECRET, "CALLBACK_MAX_ATTEMPTS": "1",
+    # DEBUG: the api's and worker's lines about a successful task are debug lines.
+    production = {"LOG_FORMAT": "json", "LOG_LEVEL": "debug", "CALLBACK_SECRET": CALLBACK_SECRET, "CALLBACK_MAX_ATTEMPTS": "1",
                   "KB_CALLBACK_URL": hook}
 
     def configure(fleet: Fleet) -> None:

@@ -171,9 +171,10 @@ def _count(waiting: _Waiting, results: Sequence[AdmissionResult]) -> None:
         if isinstance(result, Admitted) and result.created:
             metrics.tasks_submitted_total.labels(valid.task_type.name, waiting.via).inc()
             row = result.task
-            with logger.contextualize(task_id=str(row["id"]), kb_id=row["kb_id"], task_type=row["task_type"],
-                                      stage=row["stage"], attempt=row["attempts"]):
-                logger.info("task accepted via {} (priority {})", waiting.via, row["priority"])
+            # Debug (bind costs nothing when filtered): at INFO the dispatcher logs each task once, when it ends.
+            logger.bind(task_id=str(row["id"]), kb_id=row["kb_id"], task_type=row["task_type"],
+                        stage=row["stage"], attempt=row["attempts"]).debug(
+                "task accepted via {} (priority {})", waiting.via, row["priority"])
         elif isinstance(result, TaskManagerError):
             metrics.tasks_rejected_total.labels(result.code, waiting.via).inc()
 

@@ -151,9 +151,9 @@ class EventConsumer:
         terminal = {e.task_id: e for e in events if EVENT_STATUS[e.kind].is_terminal}
         for task in ended:
             event = terminal.get(task.task_id)
-            with logger.contextualize(task_id=task.task_id, kb_id=event and event.kb_id, task_type=task.task_type,
-                                      stage=event and event.stage, attempt=event and event.attempt):
-                logger.info("task {} (state committed)", task.status.value)
+            logger.bind(task_id=task.task_id, kb_id=event and event.kb_id, task_type=task.task_type,
+                        stage=event and event.stage, attempt=event and event.attempt).info(
+                "task {} (state committed)", task.status.value)
             if task.status is TaskStatus.COMPLETED:
                 metrics.task_success_total.labels(task.task_type).inc()
             elif task.status is TaskStatus.FAILED:
