@@ -18,7 +18,8 @@ from tests.support.fleet import Fleet, standard
 
 def _taskmgr(fleet: Fleet, *args: str) -> dict:  # type: ignore[type-arg]
     taskmgr = os.path.join(os.path.dirname(sys.executable), "taskmgr")
-    out = subprocess.run([taskmgr, *args], env=fleet.env(), capture_output=True, text=True, timeout=60)
+    out = subprocess.run([taskmgr, *args], env=fleet.env(), capture_output=True, text=True, timeout=60,
+                         check=False)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
@@ -53,6 +54,7 @@ async def test_replay_moves_the_task_back_to_queued_with_a_fresh_series(fleet_fa
     worker = next(p for p in fleet.processes if p.name.startswith("worker"))
     worker.stop()  # nothing consumes: the replayed task must show as queued
     status, report = await api.call("POST", "/api/v1/dlq/replay", json={"all": True})
+    assert status == 200, report
     assert report == {"replayed": [task["task_id"]], "skipped": []}
     queued = await api.wait_for(task["task_id"], {"queued"}, timeout=10)
     assert queued["attempts"] == 0 and queued["error"] is None and queued["finished_at"] is None

@@ -88,8 +88,8 @@ async def test_a_retry_waits_in_exactly_one_delay_tier(fleet: Fleet) -> None:
 
 
 async def test_declaring_the_topology_removes_the_legacy_match_everything_binding(fleet: Fleet) -> None:
-    from shared.topology import LEGACY_BINDINGS, Topology, declare_topology
     from shared.task_types import default_registry
+    from shared.topology import LEGACY_BINDINGS, Topology, declare_topology
 
     connection = await aio_pika.connect(fleet.environment.amqp_url)
     async with connection:

@@ -13,7 +13,12 @@ import aiohttp
 import pytest_asyncio
 
 from tests.support.api import ApiClient
-from tests.support.environment import TestEnvironment, create_environment, destroy_environment, free_port
+from tests.support.environment import (
+    TestEnvironment,
+    create_environment,
+    destroy_environment,
+    free_port,
+)
 from tests.support.fleet import Process, wait_ready
 
 

@@ -26,7 +26,6 @@ from shared.messages import TaskMessage, TaskQueued
 from shared.status import TaskStatus
 from shared.topology import DEAD_QUEUE
 
-
 # What an operator sees of one dead letter (the same model the api answers with).
 DeadLetter = DeadLetterView
 

@@ -98,6 +98,6 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
             # HEAD is implied by GET (RFC 9110); the contract lists the methods it documents.
             headers["Allow"] = ",".join(m for m in exc.headers["Allow"].split(",") if m.strip() != "HEAD")
         return json_response(error_body(code, message), exc.status, headers)
-    except Exception:
+    except Exception:  # noqa: BLE001 - the last resort: any other error is a logged 500, never a trace
         logger.exception("unhandled error on {} {}", request.method, request.path)
         return json_response(error_body("internal_error", "an internal error occurred"), 500)

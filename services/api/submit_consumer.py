@@ -10,6 +10,7 @@ re-sent message never creates a second task.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import orjson
@@ -124,7 +125,6 @@ class SubmitConsumer:
 
 
 async def _settle(awaitable: Any) -> None:
-    try:
+    # Any failure means the channel is gone; the broker requeues on its own.
+    with contextlib.suppress(Exception):
         await awaitable
-    except Exception:  # noqa: BLE001 - the channel is gone; the broker requeues on its own
-        pass

@@ -33,7 +33,7 @@ class Child:
     def start(self) -> None:
         # Own process group: a terminal's Ctrl-C reaches only the supervisor, which
         # then stops the children in order; the children die with the supervisor.
-        self.process = subprocess.Popen(self.argv, env=self.env, process_group=0, preexec_fn=_die_with_parent)
+        self.process = subprocess.Popen(self.argv, env=self.env, process_group=0, preexec_fn=_die_with_parent)  # noqa: PLW1509 - the supervisor starts no threads
         self.started_at = time.monotonic()
         self.restart_at = None
         logger.info("started {} (pid {})", self.name, self.process.pid)

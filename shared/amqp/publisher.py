@@ -8,7 +8,6 @@ guarded attribute setters cost more than the frame itself)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -160,7 +159,7 @@ class Publisher:
             # A Basic.Nack: most often a full queue (overflow=reject-publish).
             raise Unavailable(f"the broker refused the message for {exchange or 'default'}/{routing_key} "
                               "(queue full or broker busy)", retry_after_seconds=5) from exc
-        except (TimeoutError, asyncio.TimeoutError) as exc:
+        except TimeoutError as exc:
             raise Unavailable("the broker did not confirm the message in time") from exc
         except (AMQPError, ChannelInvalidStateError, ConnectionError, RuntimeError) as exc:
             raise Unavailable(f"the broker is unreachable ({type(exc).__name__})") from exc
