@@ -3,9 +3,6 @@ each counter moved by exactly what happened (a duplicate event moves nothing).""
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import aio_pika
 import aiohttp
 
@@ -14,6 +11,7 @@ from shared.messages import TaskCompleted, utcnow
 from tests.conftest import FleetFactory
 from tests.support.api import ApiClient
 from tests.support.callback_receiver import CallbackReceiver
+from tests.support.eventually import eventually
 from tests.support.fleet import Fleet
 from tests.support.metrics import Scrape, metrics_url, scrape
 
@@ -28,17 +26,6 @@ ECHO_TASKS = 5
 
 async def _scrape_all(http: aiohttp.ClientSession, fleet: Fleet) -> dict[str, Scrape]:
     return {p.name: await scrape(http, metrics_url(p)) for p in fleet.processes}
-
-
-async def _eventually(check, timeout: float = 20):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return await check()
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
 
 
 async def test_counters_move_by_exactly_what_happened_on_each_process(
@@ -79,7 +66,7 @@ async def test_counters_move_by_exactly_what_happened_on_each_process(
         assert after["worker-default"].value("worker_pool_active_count", stage="default") == 0
         return after
 
-    after = await _eventually(settled)
+    after = await eventually(settled)
 
     def delta(process: str, name: str, **labels: str) -> float:
         return after[process].value(name, **labels) - before[process].value(name, **labels)
@@ -122,7 +109,7 @@ async def test_counters_move_by_exactly_what_happened_on_each_process(
         assert api_metrics.value("task_queue_size", queue="tm.dead") == 1  # the exhausted task
         assert api_metrics.value("worker_processes_live", stage="default") == 1
 
-    await _eventually(queue_gauges)
+    await eventually(queue_gauges)
 
     # A duplicate terminal event (a redelivery, a replayed publish) changes nothing.
     duplicate = TaskCompleted(task_id=echo[0]["task_id"], task_type="echo", result={"i": 0}, finished_at=utcnow())
@@ -144,4 +131,4 @@ async def test_counters_move_by_exactly_what_happened_on_each_process(
         assert dispatcher.value("task_success_total", task_type="echo") - after["dispatcher"].value(
             "task_success_total", task_type="echo") == 1, "only the new task counts"
 
-    await _eventually(one_more_success)
+    await eventually(one_more_success)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -12,21 +10,11 @@ import aiohttp
 from tests.conftest import FleetFactory
 from tests.support.api import ApiClient
 from tests.support.environment import free_port
+from tests.support.eventually import eventually
 from tests.support.fleet import Fleet
 from tests.support.metrics import metrics_url, scrape
 
 INTERVAL = 0.5  # WORKER_HEARTBEAT_INTERVAL for these tests
-
-
-async def _until(check: Callable[[], Awaitable[Any]], timeout: float = 20) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return await check()
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.1)
 
 
 async def test_workers_appear_with_their_figures_and_disappear_when_killed_or_stopped(
@@ -47,7 +35,7 @@ async def test_workers_appear_with_their_figures_and_disappear_when_killed_or_st
         assert sorted(w["pid"] for w in body["workers"]) == sorted(pids), body
         return body  # type: ignore[no-any-return]
 
-    body = await _until(lambda: listed(worker_a.pid))
+    body = await eventually(lambda: listed(worker_a.pid))
     [a] = body["workers"]
     assert a["stage"] == "default" and a["pool_size"] == 3 and a["state"] == "running"
     assert a["active"] + a["idle"] == 3 and a["host"] and a["worker_id"].endswith(f":{worker_a.pid}")
@@ -56,7 +44,7 @@ async def test_workers_appear_with_their_figures_and_disappear_when_killed_or_st
 
     worker_b = fleet.add_worker(name="worker-b", WORKER_POOL_SIZE="2", WORKER_HEARTBEAT_INTERVAL=str(INTERVAL))
     await fleet.start(worker_b)
-    body = await _until(lambda: listed(worker_a.pid, worker_b.pid))
+    body = await eventually(lambda: listed(worker_a.pid, worker_b.pid))
     [default] = [s for s in body["stages"] if s["stage"] == "default"]
     assert default["workers"] == 2 and default["pool_size"] == 5
 
@@ -69,16 +57,16 @@ async def test_workers_appear_with_their_figures_and_disappear_when_killed_or_st
         assert sum(w["processed"] for w in body["workers"]) == 4, body
         assert sum(w["failed"] for w in body["workers"]) == 1, body
 
-    await _until(counted)
+    await eventually(counted)
 
     killed_at = time.monotonic()
     worker_b.kill()  # SIGKILL: no goodbye, it just goes quiet
-    await _until(lambda: listed(worker_a.pid))
+    await eventually(lambda: listed(worker_a.pid))
     # Dropped after 3 missed intervals (plus scheduling slack on a busy machine).
     assert time.monotonic() - killed_at < 3 * INTERVAL + 8
 
     worker_a.stop()  # SIGTERM: a last heartbeat says "stopped"
-    body = await _until(lambda: listed(), timeout=5)
+    body = await eventually(lambda: listed(), timeout=5)
     [default] = [s for s in body["stages"] if s["stage"] == "default"]
     assert default["workers"] == 0, "a stage without workers is still listed, with zero"
     api_metrics = await scrape(http, metrics_url(fleet.process("api")))
@@ -124,4 +112,4 @@ async def test_queue_stats_from_passive_declares(fleet_factory: FleetFactory, ht
         [default] = [s for s in body["stages"] if s["stage"] == "default"]
         assert default["ready"] == 0 and default["consumers"] == 1, default
 
-    await _until(drained)
+    await eventually(drained)

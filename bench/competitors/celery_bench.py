@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg2
 
 from bench.competitors.celery_app import app, noop
-from bench.competitors.worker_process import CpuWindow, WorkerProcess, emit
+from bench.competitors.worker_process import WorkerProcess, drain_and_emit
 
 WARMUP = 20
 
@@ -45,13 +45,8 @@ def main() -> None:
             noop.delay()
         worker.wait_until(lambda: succeeded() >= WARMUP, timeout=60)
 
-        window = CpuWindow(worker, os.environ["BENCH_DATABASE_NAME"])
-        started = time.perf_counter()
-        for _ in range(args.n):
-            noop.delay()
-        worker.wait_until(lambda: succeeded() >= WARMUP + args.n, timeout=args.timeout, poll=0.1)
-        elapsed = time.perf_counter() - started
-        emit(count=succeeded() - WARMUP, seconds=elapsed, ready_seconds=ready_seconds, worker=worker, cpu=window.seconds())
+        drain_and_emit(worker, send=noop.delay, done=succeeded, already=WARMUP, n=args.n, timeout=args.timeout,
+                       poll=0.1, ready_seconds=ready_seconds)
     finally:
         worker.stop()
         db.close()

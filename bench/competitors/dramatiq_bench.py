@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from bench.competitors.dramatiq_app import COUNTER, noop
-from bench.competitors.worker_process import CpuWindow, WorkerProcess, emit
+from bench.competitors.worker_process import WorkerProcess, drain_and_emit
 
 WARMUP = 20
 
@@ -40,13 +40,8 @@ def main() -> None:
         worker.wait_until(lambda: completed() >= WARMUP, timeout=60)
         ready_seconds = time.perf_counter() - worker.started  # start to first work done
 
-        window = CpuWindow(worker, os.environ["BENCH_DATABASE_NAME"])
-        started = time.perf_counter()
-        for _ in range(args.n):
-            noop.send()
-        worker.wait_until(lambda: completed() >= WARMUP + args.n, timeout=args.timeout, poll=0.02)
-        elapsed = time.perf_counter() - started
-        emit(count=completed() - WARMUP, seconds=elapsed, ready_seconds=ready_seconds, worker=worker, cpu=window.seconds())
+        drain_and_emit(worker, send=noop.send, done=completed, already=WARMUP, n=args.n, timeout=args.timeout,
+                       poll=0.02, ready_seconds=ready_seconds)
     finally:
         worker.stop()
 

@@ -3,6 +3,7 @@ memory (the process and its children), stopped."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -75,6 +76,19 @@ class CpuWindow:
     def seconds(self) -> dict[str, float]:
         after = {"worker": self._worker.cpu_seconds(), **server_cpu_seconds(self._database)}
         return {name: after[name] - self._before[name] for name in after}
+
+
+def drain_and_emit(worker: WorkerProcess, *, send: Callable[[], object], done: Callable[[], int], already: int,
+                   n: int, timeout: float, poll: float, ready_seconds: float) -> None:
+    """The measured window of a competitor: enqueue `n` no-ops, wait until
+    `done()` counts them beyond the `already` done (warm-up), emit the answer."""
+    window = CpuWindow(worker, os.environ["BENCH_DATABASE_NAME"])
+    started = time.perf_counter()
+    for _ in range(n):
+        send()
+    worker.wait_until(lambda: done() >= already + n, timeout=timeout, poll=poll)
+    elapsed = time.perf_counter() - started
+    emit(count=done() - already, seconds=elapsed, ready_seconds=ready_seconds, worker=worker, cpu=window.seconds())
 
 
 def emit(*, count: int, seconds: float, ready_seconds: float, worker: WorkerProcess, cpu: dict[str, float]) -> None:

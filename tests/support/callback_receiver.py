@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.support.environment import free_port
+from tests.support.loopback_server import LoopbackServer
 
 
 @dataclass
@@ -27,30 +27,19 @@ class Received:
 
 
 @dataclass
-class CallbackReceiver:
+class CallbackReceiver(LoopbackServer):
     """Records every POST. `failures[path] = n` answers 500 to the first n POSTs on that path;
     `redirects[path] = url` answers 302 to `url` (which a sender must not follow)."""
 
-    port: int = field(default_factory=free_port)
     failures: dict[str, int] = field(default_factory=dict)
     redirects: dict[str, str] = field(default_factory=dict)
     received: list[Received] = field(default_factory=list)
-    _runner: web.AppRunner | None = None
 
     def url(self, path: str = "hook") -> str:
         return f"http://127.0.0.1:{self.port}/{path}"
 
-    async def start(self) -> None:
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/{path:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     async def _handle(self, request: web.Request) -> web.Response:
         path = request.match_info["path"]

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.support.environment import free_port
+from tests.support.loopback_server import LoopbackServer
 
 
 def fake_vector(text: str, dimension: int) -> list[float]:
@@ -38,30 +38,19 @@ class Scripted:
 
 
 @dataclass
-class FakeEmbeddingServer:
+class FakeEmbeddingServer(LoopbackServer):
     dimension: int = 32
     model: str = "fake-embed-1"
-    port: int = field(default_factory=free_port)
     script: list[Scripted] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
     authorizations: list[str | None] = field(default_factory=list)
-    _runner: web.AppRunner | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    async def start(self) -> None:
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/embeddings", self._embeddings)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     async def _embeddings(self, request: web.Request) -> web.Response:
         body = await request.json()
