@@ -1,11 +1,22 @@
 # Two commands for a newcomer: `make run` and `make test` (see README).
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# Every install comes from uv.lock (exact versions; decision 0050): `make lock` upgrades it.
+
+# The interpreter: CPython 3.11 (decision 0051: the CPU build of torch on these machines is cp311).
+PYTHON ?= $(shell command -v python3.11)
 VENV   := .venv
 BIN    := $(VENV)/bin
+# uv itself lives in a small venv of its own, so `uv sync` never removes it from .venv.
+TOOLS  := .tools
+UV_VERSION := 0.13.9
+UV     := $(TOOLS)/bin/uv
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
+# Never download an interpreter: use the one named above, or say it is missing.
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+UV_SYNC := $(UV) sync --locked --quiet --python $(PYTHON)
 
-.PHONY: run test install bench chaos lint clean
+.PHONY: run test test-fast install bench chaos lint lock clean python
 
 run: $(STAMP)
 	$(BIN)/taskmgr migrate
@@ -15,12 +26,21 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest
 
+# The inner loop: tests that need no broker, database or child process (under 30 s).
+test-fast: $(STAMP)
+	$(BIN)/pytest -m fast -p no:cacheprovider
+
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+python:
+	@test -n "$(PYTHON)" || { echo "make: Python 3.11 is required and python3.11 is not on PATH; install it (pyenv install 3.11 && pyenv global 3.11, or apt-get install python3.11 python3.11-venv) and run make again" >&2; exit 1; }
+
+$(UV): | python
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check 'uv==$(UV_VERSION)'
+
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV_SYNC) --extra test
 	touch $(STAMP)
 
 chaos: $(STAMP)
@@ -31,14 +51,17 @@ bench: $(BENCH_STAMP)
 	@command -v hey >/dev/null || echo "note: hey is not installed (apt-get install hey); the aiohttp load generator takes more of the CPU it measures"
 	$(BIN)/python -m bench
 
-$(BENCH_STAMP): pyproject.toml $(STAMP)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+$(BENCH_STAMP): pyproject.toml uv.lock $(STAMP)
+	$(UV_SYNC) --extra test --extra bench
 	touch $(BENCH_STAMP)
 
 lint: $(STAMP)
-	$(BIN)/python -m pip install --quiet ruff mypy
 	$(BIN)/ruff check shared services tests bench
 	$(BIN)/mypy --strict shared
 
+# Re-resolve every dependency within pyproject.toml's ranges and rewrite uv.lock.
+lock: | $(UV)
+	$(UV) lock --upgrade --python $(PYTHON)
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(TOOLS) .pytest_cache

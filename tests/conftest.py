@@ -5,13 +5,15 @@ configured fleet build one with `fleet_factory` (also isolated)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 import pytest_asyncio
 
+from tests.support import fast_tier
 from tests.support.api import ApiClient
 from tests.support.callback_receiver import CallbackReceiver
 from tests.support.environment import TestEnvironment, create_environment, destroy_environment
@@ -25,6 +27,41 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("TM_FAST_PROBE"):
+        # `TM_FAST_PROBE=1 pytest`: the whole run under the fast tier's isolation, fixtures
+        # included; what still passes may carry the `fast` marker.
+        config._fast_probe = fast_tier.isolation()  # type: ignore[attr-defined]
+        config._fast_probe.__enter__()  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> Iterator[None]:
+    """One line just above the closing counts saying how many tests were skipped and
+    why, so a clone without ../shared/corpus (say) cannot pass for a complete run."""
+    yield
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return
+    reasons: dict[str, int] = {}
+    for report in skipped:
+        reason = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    why = "; ".join(f"{count} × {reason}" for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]))
+    terminalreporter.write_sep("=", f"{len(skipped)} skipped: {why}", yellow=True, bold=True)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_isolation(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A `fast` test runs isolated in every run, so its marker stays true."""
+    if request.node.get_closest_marker("fast") is None:
+        yield
+        return
+    with fast_tier.isolation():
+        yield
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

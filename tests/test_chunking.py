@@ -3,6 +3,8 @@ sentences, never a cut inside a character; and the keyword terms for search."""
 
 from __future__ import annotations
 
+import pytest
+
 import unicodedata
 from itertools import pairwise
 
@@ -12,6 +14,8 @@ from hypothesis import strategies as st
 from services.worker.chunking.chunker import BLOCK_SEPARATOR, Chunk, chunk_blocks
 from services.worker.documents.blocks import Block
 from shared.keywords import document_terms, query_terms
+
+pytestmark = pytest.mark.fast  # no broker, database or child process (make test-fast)
 
 
 def _chunks(blocks: list[Block], size: int, overlap: int) -> tuple[str, list[Chunk]]:

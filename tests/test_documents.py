@@ -19,13 +19,14 @@ from services.worker.documents.errors import (
     UnsupportedFormat,
 )
 from services.worker.documents.extract import ExtractionJob, ExtractionSummary, extract_document
+from tests.support.pipeline import corpus_or_skip
+
+pytestmark = pytest.mark.fast  # no broker, database or child process (make test-fast)
 
 
 @pytest.fixture
 def corpus(corpus_dir: Path) -> Path:
-    if not (corpus_dir / "MANIFEST.md").exists():
-        pytest.skip(f"the shared corpus is not at {corpus_dir} (set CORPUS_DIR)")
-    return corpus_dir
+    return corpus_or_skip(corpus_dir)
 
 
 def extract(path: Path, tmp_path: Path, password: str | None = None,

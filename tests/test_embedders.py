@@ -16,6 +16,8 @@ from shared.settings import EmbeddingSettings
 from tests.support.environment import free_port
 from tests.support.fake_embeddings import FakeEmbeddingServer, Scripted
 
+pytestmark = pytest.mark.fast  # no broker, database or child process (make test-fast)
+
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def fake_server() -> AsyncIterator[FakeEmbeddingServer]:

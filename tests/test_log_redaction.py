@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import io
 import sys
 
@@ -17,6 +19,8 @@ from shared.settings import (
     ServiceSettings,
     Settings,
 )
+
+pytestmark = pytest.mark.fast  # no broker, database or child process (make test-fast)
 
 
 def test_configured_secrets_are_masked_wherever_they_appear() -> None:

@@ -28,6 +28,8 @@ from shared.topology import (
     stage_queue,
 )
 
+pytestmark = pytest.mark.fast  # no broker, database or child process (make test-fast)
+
 DEFINITIONS = Path(__file__).resolve().parents[1] / "deploy" / "rabbitmq" / "users-and-permissions.json"
 DEFAULT = "amq.default"
 SERVER_NAMED = "amq.gen-JzTY20BRgKO-HjmUJj0wLg"  # an exclusive, server-named queue

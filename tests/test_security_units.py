@@ -43,6 +43,8 @@ from shared.webhooks import WebhookVerificationError, sign, verify
 from tests.support.callback_receiver import CallbackReceiver
 from tests.support.environment import free_port
 
+pytestmark = pytest.mark.fast  # no broker, database or child process (make test-fast)
+
 # --- the access table -----------------------------------------------------------------------
 
 

@@ -17,6 +17,8 @@ from shared.task_types import TaskType, TaskTypeRegistry, default_registry
 from shared.topology import RETRY_TIERS, Topology
 from shared.webhooks import WebhookVerificationError, sign, verify
 
+pytestmark = pytest.mark.fast  # no broker, database or child process (make test-fast)
+
 
 def test_retry_delays_grow_and_pick_the_nearest_tier() -> None:
     policy = RetryPolicy(base_seconds=1, factor=2, jitter=0)

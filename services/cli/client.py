@@ -16,6 +16,10 @@ class ApiError(Exception):
         self.body = body
 
 
+class ApiUnreachable(Exception):
+    """The api did not answer at all (refused, timed out, unresolvable)."""
+
+
 class ApiClient:
     def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float = 10.0) -> None:
         self._base = base_url.rstrip("/")
@@ -31,6 +35,9 @@ class ApiClient:
                 return response.status, _decode(response.read())
         except urllib.error.HTTPError as exc:
             raise ApiError(exc.code, _decode(exc.read())) from None
+        except OSError as exc:  # URLError included: nothing answered
+            cause = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+            raise ApiUnreachable(f"cannot reach the api at {self._base}: {cause}") from None
 
     def submit(self, body: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None

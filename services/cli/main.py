@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from loguru import logger
 
-from services.cli.client import ApiClient, ApiError
+from services.cli.client import ApiClient, ApiError, ApiUnreachable
 from services.cli.supervisor import Supervisor, fleet
 from services.worker.stages import known_stages
 from shared.db.local_server import LocalPostgres, LocalPostgresError, wait_until_accepting
@@ -34,11 +34,11 @@ def main(argv: list[str] | None = None) -> None:
     except ApiError as exc:
         print(json.dumps(exc.body, indent=2, ensure_ascii=False), file=sys.stderr)
         code = 1
-    except OSError as exc:
-        print(f"taskmgr: cannot reach the api at {settings.service.api_url}: {exc}", file=sys.stderr)
-        code = 1
-    except (LocalPostgresError, PreflightError) as exc:
+    except (ApiUnreachable, LocalPostgresError, PreflightError) as exc:
         print(f"taskmgr: {exc}", file=sys.stderr)
+        code = 1
+    except OSError as exc:  # a connection or file the command itself needed; named, never "the api"
+        print(f"taskmgr {args.command}: {exc}", file=sys.stderr)
         code = 1
     sys.exit(code)
 
