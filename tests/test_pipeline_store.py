@@ -98,7 +98,7 @@ async def pipeline(environment: TestEnvironment, tmp_path_factory: Any) -> Async
     fake = FakeEmbeddingServer(dimension=16)
     await fake.start()
     connection = await aio_pika.connect(environment.amqp_url)
-    await declare_topology(await connection.channel(), Topology(default_registry().stages()))
+    await declare_topology(await connection.channel(), Topology(default_registry(demo=True).stages()))
     await connection.close()
     settings = Settings.model_validate({
         "postgres": environment.postgres,

@@ -98,7 +98,7 @@ def create_app(settings: Settings, registry: TaskTypeRegistry | None = None) -> 
         middlewares=[metrics_middleware, error_middleware, auth_middleware()],
     )
     app[SETTINGS] = settings
-    app[REGISTRY] = registry or default_registry()
+    app[REGISTRY] = registry or default_registry(demo=settings.service.demo_task_types_enabled)
     app[LIMITS] = RequestLimits(
         default_retry_limit=settings.retry.max_retry_attempts,
         max_retry_limit=settings.api.max_retry_limit,
