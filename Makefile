@@ -55,9 +55,11 @@ $(BENCH_STAMP): pyproject.toml uv.lock $(STAMP)
 	$(UV_SYNC) --extra test --extra bench
 	touch $(BENCH_STAMP)
 
+# What tests/test_lint.py and tests/test_typing.py check, on its own (ruff and mypy come with the test extra).
 lint: $(STAMP)
 	$(BIN)/ruff check shared services tests bench
 	$(BIN)/mypy --strict shared
+	$(BIN)/mypy --strict services
 
 # Re-resolve every dependency within pyproject.toml's ranges and rewrite uv.lock.
 lock: | $(UV)

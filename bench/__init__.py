@@ -10,4 +10,8 @@ Never imported by the product (`shared`, `services`).
 Sections (one module each): `ingress`, `end_to_end`, `raw_limit`,
 `competitors`, `latency`, `resources` (measured by the fleet itself), and
 `pipeline` (plugged in when `bench/pipeline.py` exists; see `bench.sections`).
+
+Two measurements run on their own: `python -m bench.process_footprint` (memory and
+CPU per process, behind the deploy figures) and `python -m bench.security_overhead`
+(the api with auth off and on).
 """

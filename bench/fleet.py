@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,15 +16,10 @@ import aiohttp
 import psutil
 
 from bench.environment import BenchEnvironment
+from tests.support.environment import free_port
 
 READY_POLL_SECONDS = 0.01  # start-to-ready is reported in milliseconds
 MB = 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -11,10 +11,11 @@ from __future__ import annotations
 import sys
 
 from bench.context import BENCH_BODY, BenchContext
-from bench.fleet import FleetProcess, free_port
+from bench.fleet import FleetProcess
 from bench.loadgen import run_load
 from bench.measures import Throughput
 from bench.report import Row, Section, number, ratio, verdict
+from tests.support.environment import free_port
 
 TARGET_RPS = 2000
 TARGET_P99_MS = 25.0

@@ -36,6 +36,7 @@ import aiohttp
 import asyncpg
 
 from shared.db.local_server import connect_kwargs
+from shared.fleet import PIPELINE_STAGES
 from shared.settings import EmbeddingSettings, PostgresSettings, Settings
 
 BENCH_KB = "bench-pipeline"
@@ -120,7 +121,6 @@ async def embedding_only_seconds(settings: EmbeddingSettings, texts: list[str]) 
 
 # The smoke test's pipeline run: two small text files, enough to prove the section works.
 QUICK_FILES = ("txt-zh-gb18030.txt", "md-pypdf-extract-text.md")
-PIPELINE_STAGES = ("preprocess", "chunk", "embed", "store", "index")
 RATIO_TARGET = 0.85
 
 

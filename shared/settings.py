@@ -44,10 +44,17 @@ class ServiceSettings(BaseSettings):
     # Workers and the dispatcher serve /metrics and /health/* here (0 = off).
     metrics_port: int = Field(default=9100, alias="METRICS_PORT", ge=0, le=65535)
     api_url: str = Field(default="http://127.0.0.1:8084", alias="API_URL")
+    # The demonstration task types (test, echo, sleep, fail, benchmark, cpu); unset: on in
+    # development, off in production.
+    demo_task_types: bool | None = Field(default=None, alias="DEMO_TASK_TYPES")
 
     @property
     def is_production(self) -> bool:
         return self.environment is Environment.PRODUCTION
+
+    @property
+    def demo_task_types_enabled(self) -> bool:
+        return self.demo_task_types if self.demo_task_types is not None else not self.is_production
 
     @property
     def json_logs(self) -> bool:

@@ -140,7 +140,7 @@ async def run(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Run]:
         # The admin role (here: guest) declares the topology once; the processes only verify it.
         connection = await aio_pika.connect(env.amqp_url)
         async with connection:
-            await declare_topology(await connection.channel(), Topology(default_registry().stages()))
+            await declare_topology(await connection.channel(), Topology(default_registry(demo=True).stages()))
         keys = {"writer": await create_key(env, "writer", [Scope.TASKS_READ, Scope.TASKS_WRITE]),
                 "admin": await create_key(env, "operator", [Scope.ADMIN])}
         values = {

@@ -27,6 +27,7 @@ from services.worker.stages.index import IndexStage
 from services.worker.stages.preprocess import PreprocessStage
 from services.worker.stages.store import StoreStage
 from shared.db.local_server import connect_kwargs
+from shared.fleet import PIPELINE_STAGES
 from shared.ids import new_task_id
 from shared.messages import TaskMessage, utcnow
 from shared.settings import Settings
@@ -35,8 +36,6 @@ from shared.task_types import default_registry
 from shared.topology import Topology, declare_topology
 from tests.support.environment import TestEnvironment
 from tests.support.fake_embeddings import FakeEmbeddingServer
-
-STAGES = ("preprocess", "chunk", "embed", "store", "index")
 
 
 @dataclass
@@ -60,7 +59,7 @@ class Pipeline:
     def message(self, kb_id: str, payload: dict[str, Any], task_id: str | None = None) -> TaskMessage:
         return TaskMessage(task_id=task_id or new_task_id(), task_type="document_processing", kb_id=kb_id,
                            payload={"chunk_size": 300, "chunk_overlap": 50, **payload}, retry_limit=3,
-                           created_at=utcnow(), stages=STAGES, stage=STAGES[0])
+                           created_at=utcnow(), stages=PIPELINE_STAGES, stage=PIPELINE_STAGES[0])
 
     async def step(self, task: TaskMessage, attempt: int = 1) -> tuple[StageOutput, TaskMessage | None]:
         ctx = AttemptContext(task, attempt, events=RecordingEvents(), estimator=DurationEstimator(),
@@ -99,7 +98,7 @@ async def pipeline(environment: TestEnvironment, tmp_path_factory: Any) -> Async
     fake = FakeEmbeddingServer(dimension=16)
     await fake.start()
     connection = await aio_pika.connect(environment.amqp_url)
-    await declare_topology(await connection.channel(), Topology(default_registry().stages()))
+    await declare_topology(await connection.channel(), Topology(default_registry(demo=True).stages()))
     await connection.close()
     settings = Settings.model_validate({
         "postgres": environment.postgres,

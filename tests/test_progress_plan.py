@@ -15,13 +15,12 @@ from services.worker.cpu import CpuPool
 from services.worker.estimates import DurationEstimator
 from services.worker.pipeline.rates import StageRates
 from shared.db.local_server import connect_kwargs
+from shared.fleet import PIPELINE_STAGES
 from shared.ids import new_task_id
 from shared.messages import TaskMessage, utcnow
 from shared.settings import FileSettings
 from shared.task_files import TaskFiles
 from tests.support.environment import TestEnvironment
-
-STAGES = ("preprocess", "chunk", "embed", "store", "index")
 
 
 class _Events:
@@ -31,7 +30,7 @@ class _Events:
 
 def _context(stage: str) -> AttemptContext:
     task = TaskMessage(task_id=new_task_id(), task_type="document_processing", kb_id="kb", retry_limit=0,
-                       created_at=utcnow(), stages=STAGES, stage=stage)
+                       created_at=utcnow(), stages=PIPELINE_STAGES, stage=stage)
     return AttemptContext(task, 1, events=_Events(), estimator=DurationEstimator(), worker_id="t", cpu=CpuPool(1),
                           files=TaskFiles.from_settings(FileSettings()))
 
@@ -65,7 +64,7 @@ async def pool(environment: TestEnvironment) -> AsyncIterator[asyncpg.Pool]:
 
 
 async def test_rates_are_learned_per_format_and_size_the_plan(pool: asyncpg.Pool) -> None:
-    rates = StageRates(STAGES)
+    rates = StageRates(PIPELINE_STAGES)
     await rates.refresh(pool)
     assert rates.expected_seconds("pdf", 100_000, None) is None, "nothing observed: no plan, no invented numbers"
     timings = {"preprocess": 1.0, "chunk": 0.1, "embed": 8.0, "store": 0.5, "index": 0.1}

@@ -34,7 +34,7 @@ DEFINITIONS = Path(__file__).resolve().parents[1] / "deploy" / "rabbitmq" / "use
 DEFAULT = "amq.default"
 SERVER_NAMED = "amq.gen-JzTY20BRgKO-HjmUJj0wLg"  # an exclusive, server-named queue
 CLIENT_NAMED = "amq_a02fe9bf04d04789bb9574e9debc959e"  # what aio-pika names an unnamed queue
-STAGES = [stage_queue(s) for s in (*default_registry().stages(), "chunk", "embed")]
+STAGES = [stage_queue(s) for s in (*default_registry(demo=True).stages(), "chunk", "embed")]
 
 
 def _permissions() -> dict[str, dict[str, str]]:
@@ -104,7 +104,7 @@ def test_each_role_may_do_nothing_more_that_matters(user: str) -> None:
 
 
 def test_the_admin_can_declare_every_name_of_the_topology_and_every_regex_is_anchored() -> None:
-    topology = Topology((*default_registry().stages(), "chunk"))
+    topology = Topology((*default_registry(demo=True).stages(), "chunk"))
     names = [e.name for e in topology.exchanges] + [q.name for q in topology.queues]
     assert {t.queue for t in RETRY_TIERS} <= set(names) and SUBMIT_EXCHANGE in names
     for name in names:

@@ -97,7 +97,7 @@ async def test_declaring_the_topology_removes_the_legacy_match_everything_bindin
         queue_name, legacy = LEGACY_BINDINGS[0]
         queue = await channel.declare_queue(queue_name, passive=True)
         await queue.bind(legacy.exchange, routing_key="", arguments=dict(legacy.arguments))
-        await declare_topology(channel, Topology(default_registry().stages()))
+        await declare_topology(channel, Topology(default_registry(demo=True).stages()))
 
         async def depths() -> dict[str, int]:
             return {t.queue: (await channel.declare_queue(t.queue, passive=True)).declaration_result.message_count

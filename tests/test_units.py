@@ -97,7 +97,7 @@ def test_a_task_type_that_needs_a_kb_refuses_a_request_without_one() -> None:
 
 
 def test_every_built_in_task_type_runs_on_the_default_stage_with_a_handler() -> None:
-    registry = default_registry()
+    registry = default_registry(demo=True)
     assert {"test", "echo", "sleep", "fail", "benchmark"} <= set(registry)
     for name in ("test", "echo", "sleep", "fail", "benchmark"):
         assert registry[name].stages == ("default",) and registry[name].handler is not None

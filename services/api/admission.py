@@ -22,15 +22,16 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from loguru import logger
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.api import task_repository as repo
 from services.api.task_repository import TaskRow
 from shared import metrics
 from shared.amqp.publisher import Publisher
+from shared.db.errors import DB_ERRORS
 from shared.errors import Conflict, TaskManagerError, Unavailable
 from shared.ids import new_task_id
 from shared.messages import TaskMessage, utcnow
@@ -53,8 +54,6 @@ class Admitted:
 AdmissionResult = Admitted | TaskManagerError
 Item = tuple[ValidTask, str | None]  # a task and its idempotency key
 _Owned = tuple[ValidTask, str | None, str]  # ... and who submitted it (the idempotency namespace)
-
-_DB_ERRORS = (DBAPIError, InterfaceError, OperationalError, OSError, ConnectionError)
 
 
 @dataclass
@@ -102,7 +101,8 @@ class Admission:
 
     def _start_transactions(self) -> None:
         while self._waiting and len(self._open) < MAX_OPEN_TRANSACTIONS:
-            batch, rows = [], 0
+            batch: list[_Waiting] = []
+            rows = 0
             while self._waiting and (not batch or rows + len(self._waiting[0].items) <= MAX_ROWS_PER_TRANSACTION):
                 waiting = self._waiting.pop(0)
                 batch.append(waiting)
@@ -160,7 +160,7 @@ class Admission:
                     if results[i] is None:
                         results[i] = _replayed(row, existing.get((row["created_by"], row["idempotency_key"])), refused)
                 await repo.delete_tasks(conn, refused)
-        except _DB_ERRORS as exc:
+        except DB_ERRORS as exc:
             logger.warning("admission failed: database unavailable ({})", type(exc).__name__)
             return [Unavailable("the task database is unavailable; retry shortly") for _ in items]
         return [r for r in results if r is not None]
@@ -179,7 +179,7 @@ def _count(waiting: _Waiting, results: Sequence[AdmissionResult]) -> None:
             metrics.tasks_rejected_total.labels(result.code, waiting.via).inc()
 
 
-def _row(valid: ValidTask, idempotency_key: str | None, owner: str, now: datetime) -> dict[str, object]:
+def _row(valid: ValidTask, idempotency_key: str | None, owner: str, now: datetime) -> dict[str, Any]:
     request = valid.request
     return {
         "id": new_task_id(),
@@ -215,7 +215,7 @@ def _message(valid: ValidTask, row: dict[str, object]) -> TaskMessage:
         priority=valid.request.priority,
         retry_limit=valid.retry_limit,
         timeout_seconds=valid.request.timeout_seconds,
-        created_at=row["created_at"],  # type: ignore[arg-type]
+        created_at=row["created_at"],
         stages=stages,
         stage=stages[0],
     )

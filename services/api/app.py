@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from services.api.auth import auth_middleware
 from services.api.http import error_middleware
@@ -47,7 +47,7 @@ from shared.task_types import TaskTypeRegistry, default_registry
 
 
 @web.middleware
-async def metrics_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
     status = 500
     try:
@@ -98,7 +98,7 @@ def create_app(settings: Settings, registry: TaskTypeRegistry | None = None) -> 
         middlewares=[metrics_middleware, error_middleware, auth_middleware()],
     )
     app[SETTINGS] = settings
-    app[REGISTRY] = registry or default_registry()
+    app[REGISTRY] = registry or default_registry(demo=settings.service.demo_task_types_enabled)
     app[LIMITS] = RequestLimits(
         default_retry_limit=settings.retry.max_retry_attempts,
         max_retry_limit=settings.api.max_retry_limit,

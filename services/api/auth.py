@@ -18,6 +18,7 @@ from collections import OrderedDict
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from loguru import logger
 
 from services.api.access_policy import Open, decide
@@ -114,7 +115,7 @@ def auth_middleware() -> Any:
     """Reads the authenticator and buckets from the app (they are built at start-up)."""
 
     @web.middleware
-    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         authenticator, limits = request.app[AUTHENTICATOR], request.app[RATE_LIMITS]
         decision = decide(request.method, request.path)
         access = decision.rule.access if decision.rule else None

@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from loguru import logger
 from pydantic import BaseModel
 
@@ -72,7 +73,7 @@ def _headers(exc: TaskManagerError) -> dict[str, str] | None:
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except TaskManagerError as exc:

@@ -44,7 +44,9 @@ class DocContext:
     registry: TaskTypeRegistry
 
 
-SchemaSource = type[BaseModel] | Callable[[DocContext], type[BaseModel] | dict[str, Any]]
+# A model, or a function of the app building the schema (given the components to add to, if it takes two).
+SchemaSource = (type[BaseModel] | Callable[[DocContext], type[BaseModel] | dict[str, Any]]
+                | Callable[[DocContext, dict[str, Any]], dict[str, Any]])
 
 
 @dataclass(frozen=True)
@@ -82,12 +84,12 @@ def documented(operation: Operation) -> Callable[[H], H]:
 def task_request_models(ctx: DocContext, base: type[TaskRequest] = TaskRequest) -> list[type[BaseModel]]:
     """One model per task type: the fields of `base` with `task_type` fixed and
     `payload` typed by the type's own payload model (what validation applies)."""
-    models = []
+    models: list[type[BaseModel]] = []
     for name, task_type in sorted(ctx.registry.items()):
         payload_model = task_type.payload_model
         payload_required = any(f.is_required() for f in payload_model.model_fields.values())
         fields: dict[str, Any] = {
-            "task_type": (Literal[name], Field(description=task_type.description)),  # type: ignore[valid-type]
+            "task_type": (Literal[name], Field(description=task_type.description)),
             "payload": (payload_model, ... if payload_required else Field(default_factory=dict)),
             "retry_limit": (json_int(ge=0, le=ctx.settings.api.max_retry_limit) | None, Field(default=None)),
         }
@@ -299,7 +301,7 @@ def _schema(source: SchemaSource, ctx: DocContext, schemas: dict[str, Any], *, i
 
 
 def _takes_schemas(source: Callable[..., Any]) -> bool:
-    return source.__code__.co_argcount == 2  # type: ignore[attr-defined]
+    return source.__code__.co_argcount == 2
 
 
 def _collect(model: type[BaseModel], schemas: dict[str, Any], mode: Literal["validation", "serialization"]) -> None:

@@ -6,7 +6,7 @@ takes its cost or is refused with the wait until it could succeed (429 +
 Retry-After). Taking is synchronous, with no await between reading and
 writing a bucket, so concurrent requests in one process (one event loop) share
 it exactly. Each api replica has its own buckets: with N replicas behind a load
-balancer a client gets up to N times the rate (see README, Security).
+balancer a client gets up to N times the rate (see docs/security.md).
 """
 
 from __future__ import annotations

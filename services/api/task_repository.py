@@ -15,7 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.db.models import callbacks, tasks
 
-TaskRow = Mapping[str, Any]
+# A task row: SQLAlchemy's RowMapping (keyed by column name, or by the column itself) or the
+# dict admission inserted. Read by name.
+TaskRow = Mapping[Any, Any]
 
 
 @dataclass(frozen=True)

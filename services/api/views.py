@@ -22,4 +22,4 @@ def task_view(row: TaskRow, **extra: object) -> TaskView:
         fields["callback"] = CallbackState(
             state=row["callback_state"], attempts=row["callback_attempts"], last_error=row["callback_last_error"]
         )
-    return TaskView(task_id=str(row["id"]), **fields, **extra)  # type: ignore[arg-type]
+    return TaskView(task_id=str(row["id"]), **fields, **extra)

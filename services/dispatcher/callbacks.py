@@ -21,17 +21,16 @@ import backoff
 import orjson
 from loguru import logger
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import metrics
+from shared.db.errors import DB_ERRORS
 from shared.runtime import stop_task
 from shared.security.callback_policy import CallbackPolicy, CallbackRefused, redact_url
 from shared.settings import CallbackSettings
 from shared.webhooks import sign
 
 IDLE_POLL_SECONDS = 1.0
-_DB_ERRORS = (DBAPIError, InterfaceError, OperationalError, OSError, ConnectionError)
 
 _CLAIM = text("""
 UPDATE callbacks AS c SET next_attempt_at = now() + make_interval(secs => :lease)
@@ -115,7 +114,7 @@ class CallbackSender:
                         task = asyncio.create_task(self._deliver(callback))
                         self._sending.add(task)
                         task.add_done_callback(self._sending.discard)
-            except _DB_ERRORS as exc:
+            except DB_ERRORS as exc:
                 logger.warning("callback outbox unavailable ({}); retrying", type(exc).__name__)
             if claimed == 0:
                 self._wakeup.clear()
@@ -196,7 +195,7 @@ class CallbackSender:
                     **params, "error": error, "delay": delay,
                     "max_attempts": 0 if permanent else self._settings.max_attempts,
                 })).scalar_one()
-        except _DB_ERRORS as exc:
+        except DB_ERRORS as exc:
             # The lease expires and the callback is tried again: at-least-once.
             logger.warning("could not record a callback attempt for task {}: {}", callback.task_id, exc)
             return
@@ -217,7 +216,7 @@ class CallbackSender:
         return ceiling / 2 + backoff.full_jitter(ceiling / 2)
 
 
-def _body(row: Mapping[str, Any]) -> bytes:
+def _body(row: Mapping[Any, Any]) -> bytes:
     body: dict[str, Any] = {
         "task_id": row["task_id"],
         "kb_id": row["kb_id"],

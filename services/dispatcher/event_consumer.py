@@ -15,22 +15,21 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustConnection,
 )
+from backoff.types import Details
 from loguru import logger
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from services.dispatcher.state_fold import fold
 from services.dispatcher.state_writer import Ended, TaskStateWriter
 from shared import metrics
 from shared.amqp.dead_letter import dead_letter_headers
 from shared.amqp.publisher import Publisher
+from shared.db.errors import DB_ERRORS
 from shared.errors import PoisonMessage, Unavailable
 from shared.messages import EVENT_STATUS, CancelTask, TaskEvent, parse_task_event, utcnow
 from shared.runtime import bounded, stop_task
 from shared.settings import DispatcherSettings
 from shared.status import TaskStatus
 from shared.topology import DISPATCHER_EVENTS_QUEUE, Topology, declare_queue
-
-_DB_ERRORS = (DBAPIError, InterfaceError, OperationalError, OSError, ConnectionError)
 
 
 class EventConsumer:
@@ -72,8 +71,9 @@ class EventConsumer:
         if self._channel is not None:
             await bounded(self._channel.close(), "closing the event channel")
 
-    def _on_message(self, message: AbstractIncomingMessage) -> None:
-        # Not a coroutine: aio-pika then calls it directly instead of starting a task per event.
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        # aio-pika runs every consumer callback as a task; a plain function would only be wrapped
+        # in one (with a DeprecationWarning per message), so this is a coroutine doing no I/O.
         self._buffer.append(message)
         self._wakeup.set()
 
@@ -124,12 +124,12 @@ class EventConsumer:
     async def _write(self, events: list[TaskEvent]) -> tuple[list[Ended], list[str]]:
         deltas = fold(events)
 
-        def unhealthy(details: dict[str, object]) -> None:
+        def unhealthy(details: Details) -> None:
             self.database_healthy = False
             logger.warning("database write failed ({}); retrying in {:.1f}s", details.get("exception"), details["wait"])
 
         write = backoff.on_exception(
-            backoff.expo, _DB_ERRORS, max_value=5, giveup=lambda _: self._stopping, on_backoff=unhealthy, logger=None
+            backoff.expo, DB_ERRORS, max_value=5, giveup=lambda _: self._stopping, on_backoff=unhealthy, logger=None
         )(self._writer.apply)
         result = await write(deltas)
         if not self.database_healthy:
@@ -150,9 +150,9 @@ class EventConsumer:
             metrics.dispatcher_event_lag_seconds.observe(max(0.0, (now - event.at).total_seconds()))
         terminal = {e.task_id: e for e in events if EVENT_STATUS[e.kind].is_terminal}
         for task in ended:
-            event = terminal.get(task.task_id)
-            logger.bind(task_id=task.task_id, kb_id=event and event.kb_id, task_type=task.task_type,
-                        stage=event and event.stage, attempt=event and event.attempt).info(
+            last = terminal.get(task.task_id)
+            logger.bind(task_id=task.task_id, kb_id=last and last.kb_id, task_type=task.task_type,
+                        stage=last and last.stage, attempt=last and last.attempt).info(
                 "task {} (state committed)", task.status.value)
             if task.status is TaskStatus.COMPLETED:
                 metrics.task_success_total.labels(task.task_type).inc()

@@ -26,7 +26,7 @@ from shared.topology import Topology, setup_topology
 
 
 async def run_dispatcher(settings: Settings, registry: TaskTypeRegistry | None = None) -> None:
-    registry = registry or default_registry()
+    registry = registry or default_registry(demo=settings.service.demo_task_types_enabled)
     engine = create_engine(settings.postgres)
     logger.info("task state in PostgreSQL at {}", settings.postgres.describe())
     topology = Topology(

@@ -99,7 +99,7 @@ class CancellationRegistry:
         A timeout or shutdown cancelling the caller propagates as CancelledError;
         a cancel request surfaces as CancelledByRequest."""
         inner: asyncio.Task[T] = asyncio.ensure_future(work)
-        self._running[task_id] = inner  # type: ignore[assignment]
+        self._running[task_id] = inner
         try:
             return await inner
         except asyncio.CancelledError:

@@ -140,7 +140,8 @@ class StageWorker:
             raise RuntimeError(f"not consuming {stage_queue(self.stage)}")
         # An open channel is not enough: after a reconnect the consumer must be back on it.
         underlay = await self._channel.get_underlay_channel()
-        if self._consumer_tag not in underlay.consumers:
+        # aiormq's Channel has `consumers`; its abstract type (what aio-pika declares) does not.
+        if self._consumer_tag not in underlay.consumers:  # type: ignore[attr-defined]
             raise RuntimeError(f"not consuming {stage_queue(self.stage)} (consumer not restored)")
 
     # --- lifecycle ---------------------------------------------------------------

@@ -30,7 +30,7 @@ CANCEL_SYNC_WAIT_SECONDS = 2.0
 
 
 async def run_worker(settings: Settings, stage: str, registry: TaskTypeRegistry | None = None) -> None:
-    registry = registry or default_registry()
+    registry = registry or default_registry(demo=settings.service.demo_task_types_enabled)
     handler = build_stage(stage, settings, registry)
     worker_id = f"{stage}@{socket.gethostname()}:{os.getpid()}"
 

@@ -1,5 +1,6 @@
 """The catalog of task types. Adding a task type means adding one module here
-that defines `TASK_TYPE`; it is discovered at import."""
+that defines `TASK_TYPE`; it is discovered at import. Demonstration types live in
+`demo/` and are registered only when asked for."""
 
 from __future__ import annotations
 
@@ -39,14 +40,25 @@ class TaskTypeRegistry(Mapping[str, TaskType]):
         return tuple(seen)
 
 
-@lru_cache(maxsize=1)
-def default_registry() -> TaskTypeRegistry:
+def _discover(package: str, path: list[str]) -> list[TaskType]:
     found = []
-    for module_info in pkgutil.iter_modules(__path__):
-        if module_info.name.startswith("_") or module_info.name == "base":
+    for module_info in pkgutil.iter_modules(path):
+        if module_info.name.startswith("_") or module_info.name == "base" or module_info.ispkg:
             continue
-        module = importlib.import_module(f"{__name__}.{module_info.name}")
+        module = importlib.import_module(f"{package}.{module_info.name}")
         task_type = getattr(module, "TASK_TYPE", None)
         if isinstance(task_type, TaskType):
             found.append(task_type)
+    return found
+
+
+@lru_cache(maxsize=2)
+def default_registry(*, demo: bool) -> TaskTypeRegistry:
+    """The task types of this package; with `demo`, also those of `shared.task_types.demo`
+    (`ServiceSettings.demo_task_types_enabled`: on in development, off in production)."""
+    found = _discover(__name__, __path__)
+    if demo:
+        from shared.task_types import demo as demo_package
+
+        found += _discover(demo_package.__name__, list(demo_package.__path__))
     return TaskTypeRegistry(sorted(found, key=lambda t: t.name))

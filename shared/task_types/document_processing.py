@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
+from shared.fleet import PIPELINE_STAGES
 from shared.task_types.base import Payload, RevealedSecret, TaskType
 
 DOCUMENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
@@ -22,8 +23,6 @@ MIN_CHUNK_SIZE = 100
 MAX_CHUNK_SIZE = 8000
 DEFAULT_CHUNK_SIZE = 1000
 DEFAULT_CHUNK_OVERLAP = 200
-
-PIPELINE_STAGES = ("preprocess", "chunk", "embed", "store", "index")
 
 
 class DocumentProcessingPayload(Payload):

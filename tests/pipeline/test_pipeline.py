@@ -21,9 +21,9 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
+from shared.fleet import PIPELINE_STAGES
 from tests.support.api import ApiClient
 from tests.support.pipeline import (
-    STAGES,
     PipelineFleet,
     corpus_or_skip,
     document,
@@ -80,7 +80,7 @@ async def test_progress_moves_forward_through_the_stages_with_an_estimate(api: A
     progress = [s["progress"] for s in samples]
     assert progress == sorted(progress), "progress never moves back"
     seen = [s["stage"] for s in samples if s["status"] == "processing"]
-    assert [s for s in STAGES if s in seen][:3] == [s for s in STAGES if s in seen][:3] and "embed" in seen
+    assert [s for s in PIPELINE_STAGES if s in seen][:3] == [s for s in PIPELINE_STAGES if s in seen][:3] and "embed" in seen
     estimates = [s["estimated_completion"] for s in samples if s["status"] == "processing"]
     assert any(estimates), "an estimate from observed stage rates while it runs"
     assert task["result"]["pages"] == 13 and task["result"]["chunk_count"] > 20

@@ -17,10 +17,10 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
+from shared.fleet import PIPELINE_STAGES
 from tests.support.api import ApiClient
 from tests.support.fake_embeddings import FakeEmbeddingServer
 from tests.support.pipeline import (
-    STAGES,
     PipelineFleet,
     corpus_or_skip,
     document,
@@ -73,7 +73,7 @@ async def test_every_corpus_file_ends_as_the_manifest_says(api: ApiClient, corpu
         result = task["result"]
         assert result["chunk_count"] > 0 and result["stored"] and result["characters"] > 0, name
         assert result["embedding"]["model"] == "fake-embed-1" and result["embedding"]["dimension"] == 64
-        assert set(result["durations"]) == {*STAGES, "total"}
+        assert set(result["durations"]) == {*PIPELINE_STAGES, "total"}
         stored = await db.fetchval("SELECT count(*) FROM kb_chunks WHERE kb_id = 'kb_corpus' AND document_id = $1",
                                    result["document_id"])
         assert stored == result["chunk_count"], name

@@ -13,11 +13,10 @@ from typing import Any
 
 import pytest
 
+from shared.fleet import PIPELINE_STAGES
 from tests.support.api import ApiClient
 from tests.support.environment import TestEnvironment, create_environment, destroy_environment
 from tests.support.fleet import Fleet, log_dir
-
-STAGES = ("preprocess", "chunk", "embed", "store", "index")
 
 
 @dataclass
@@ -41,7 +40,7 @@ async def pipeline_fleet(tmp_path_factory: pytest.TempPathFactory, corpus: Path,
     fleet = Fleet(env, log_dir(tmp_path_factory.mktemp("pipeline-fleet")))
     common = {"UPLOAD_ROOTS": str(uploads), "WORKER_POOL_SIZE": "4", **worker_env}
     fleet.add_api(**common)
-    for stage in STAGES:
+    for stage in PIPELINE_STAGES:
         fleet.add_worker(stage, **common)
     fleet.add_dispatcher()
     try:

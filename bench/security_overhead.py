@@ -2,7 +2,7 @@
 off and on (key verified from cache; rate limits off so they do not throttle
 the measurement). Real processes, real RabbitMQ and PostgreSQL, loopback.
 
-    .venv/bin/python -m benchmarks.security_overhead [--requests 2000] [--concurrency 10]
+    .venv/bin/python -m bench.security_overhead [--requests 2000] [--concurrency 10]
 """
 
 from __future__ import annotations

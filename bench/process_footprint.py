@@ -1,7 +1,7 @@
 """Memory and CPU of each process, idle and under load: the figures behind the
 resource requests and limits in deploy/k8s (see docs/decisions/0022).
 
-    .venv/bin/python -m benchmarks.process_footprint [--tasks 3000] [--pool 10] [--task-type cpu]
+    .venv/bin/python -m bench.process_footprint [--tasks 3000] [--pool 10] [--task-type cpu]
 
 Starts the real api, a `default` worker and the dispatcher (own vhost and
 database, as the tests do), samples each process with psutil while it is idle,
