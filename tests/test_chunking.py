@@ -3,11 +3,10 @@ sentences, never a cut inside a character; and the keyword terms for search."""
 
 from __future__ import annotations
 
-import pytest
-
 import unicodedata
 from itertools import pairwise
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

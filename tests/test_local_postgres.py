@@ -57,13 +57,14 @@ def test_the_server_starts_although_the_wheel_sits_in_a_0700_folder(
     monkeypatch.setattr(local_server, "_package_install", lambda: private_wheel)
     # The wheel's own binaries really are out of the postgres user's reach.
     probe = subprocess.run(["runuser", "-u", "postgres", "--", str(private_wheel / "bin" / "pg_ctl"), "--version"],
-                           capture_output=True, text=True)
+                           check=False, capture_output=True, text=True)
     assert probe.returncode != 0 and "Permission denied" in probe.stderr
     server = LocalPostgres(_settings(server_home / "cluster"))
     try:
         assert server.ensure_running() is True
         assert server.is_running()
-        running = subprocess.run(["ps", "-ww", "-o", "user=,args=", "-C", "postgres"], capture_output=True, text=True).stdout
+        ps = ["ps", "-ww", "-o", "user=,args=", "-C", "postgres"]
+        running = subprocess.run(ps, check=False, capture_output=True, text=True).stdout
         mine = [line for line in running.splitlines() if str(server.data_dir) in line]
         assert mine and mine[0].startswith("postgres ") and str(server_home / "pgserver") in mine[0]
         # A second start finds the copy in place and the server running.
@@ -93,7 +94,7 @@ def test_migrate_reports_the_database_step_and_never_the_api(tmp_path_factory: p
            "POSTGRES_LOCAL_PORT": str(free_port())}
     env.pop("POSTGRES_HOST", None)
     result = subprocess.run([sys.executable, "-m", "services.cli.main", "migrate"], env=env,
-                            capture_output=True, text=True, timeout=60)
+                            check=False, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     lines = [line for line in result.stderr.splitlines() if line.startswith("taskmgr")]
     assert len(lines) == 1, result.stderr

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
-
 import io
 import sys
 
 import orjson
+import pytest
 from loguru import logger
 
 from shared.log_redaction import MASK, Redactor
