@@ -48,13 +48,17 @@ async def test_sigterm_with_tasks_in_flight_loses_none(up_environment: TestEnvir
     await wait_ready(up, 30)
     async with aiohttp.ClientSession() as http:
         api = ApiClient(f"http://127.0.0.1:{port}", http)
-        ids = []
-        for i in range(10):
-            ids.append((await api.submit({"task_type": "sleep", "payload": {"seconds": 0.5 + i % 3}}))["task_id"])
-        ids.append((await api.submit({"task_type": "sleep", "payload": {"seconds": 6}}))["task_id"])  # outlives the grace
+        short = [(await api.submit({"task_type": "sleep", "payload": {"seconds": 0.2 + (i % 3) / 10}}))["task_id"]
+                 for i in range(10)]
+        long = (await api.submit({"task_type": "sleep", "payload": {"seconds": 6}}))["task_id"]  # outlives the grace
+        ids = [*short, long]
         for _ in range(100):
             ids.append((await api.submit({"task_type": "benchmark"}))["task_id"])
-        await asyncio.sleep(0.7)
+        # SIGTERM once the long task is running and the short ones are done, whatever the
+        # machine's speed: then exactly one task is unfinished when the grace runs out.
+        await api.wait_for(long, {"processing"}, timeout=30)
+        for task_id in short:
+            await api.wait_for(task_id, timeout=30)
 
         up.signal(signal.SIGTERM)
         code = await asyncio.to_thread(up.popen.wait, 40)  # type: ignore[union-attr]
