@@ -14,6 +14,8 @@ from shared.errors import (
     Conflict,
     FieldError,
     Forbidden,
+    InsufficientStorage,
+    InternalError,
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
@@ -22,6 +24,7 @@ from shared.errors import (
     Unauthorized,
     Unavailable,
 )
+from shared.json_limits import DEFAULT_LIMITS, loads_checked
 
 JSON_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
 
@@ -43,12 +46,13 @@ def error_body(code: str, message: str, details: list[FieldError] | None = None)
 
 
 async def read_json(request: web.Request) -> Any:
-    """The decoded body; 400 when it is not JSON (413 comes from aiohttp's size cap)."""
+    """The decoded body; 400 when it is not JSON, 422 past a JSON shape limit (413 comes
+    from aiohttp's size cap). A batch holds its items two levels down, hence the envelope."""
     raw = await request.read()
     if not raw:
         raise InvalidRequest("the body is empty; send a JSON object", [FieldError("body", "is required")])
     try:
-        return orjson.loads(raw)
+        return loads_checked(raw, DEFAULT_LIMITS.envelope(2))
     except orjson.JSONDecodeError as exc:
         raise MalformedJson(f"the body is not valid JSON: {exc}") from None
 
@@ -60,6 +64,7 @@ class MalformedJson(TaskManagerError):
 _STATUS = {
     InvalidRequest: 422, NotFound: 404, Conflict: 409, Unavailable: 503, MalformedJson: 400,
     Unauthorized: 401, Forbidden: 403, RateLimited: 429, PayloadTooLarge: 413,
+    InsufficientStorage: 507, InternalError: 500,
 }
 
 
