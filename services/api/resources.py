@@ -67,7 +67,8 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         metrics_token=settings.auth.metrics_token.get_secret_value() if settings.auth.metrics_token else None,
     )
     policy = CallbackPolicy.from_settings(settings.callbacks, settings.service.environment)
-    app[CHECKS] = SubmissionChecks(app[ENGINE], policy, settings.files.upload_roots)
+    app[CHECKS] = SubmissionChecks(app[ENGINE], policy, settings.files.upload_roots,
+                                    settings.files.upload_store_root)
     app[UPLOAD_STORE] = UploadStore(settings.files.upload_store_root)
     yield
     await bounded(app[ENGINE].dispose(), "closing database connections")
