@@ -320,6 +320,11 @@ class FileSettings(BaseSettings):
     # ... or this long after it was uploaded when no task ever used it.
     upload_unused_ttl_seconds: float = Field(default=24 * 3600, alias="UPLOAD_UNUSED_TTL_SECONDS", gt=0)
     upload_sweep_interval_seconds: float = Field(default=60, alias="UPLOAD_SWEEP_INTERVAL", gt=0)
+    # Per tenant (API key owner): uploads kept at once, and their bytes (413 beyond) ...
+    upload_quota_files: int = Field(default=1000, alias="UPLOAD_QUOTA_FILES", ge=1)
+    upload_quota_bytes: int = Field(default=10 * 1024**3, alias="UPLOAD_QUOTA_BYTES", ge=1)
+    # ... and the free space the upload store's disk keeps whatever the quotas say (507 below).
+    upload_min_free_bytes: int = Field(default=1024**3, alias="UPLOAD_MIN_FREE_BYTES", ge=0)
 
     @field_validator("upload_roots", mode="before")
     @classmethod

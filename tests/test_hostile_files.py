@@ -4,6 +4,7 @@ holds a worker thread, and errors never show the server's absolute paths."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 from pathlib import Path
@@ -105,3 +106,29 @@ async def test_a_tenant_cannot_read_another_tenants_upload_by_its_path(
     assert task["status"] == "failed" and "not a regular file" in task["error"]["message"], task
     own = await api.run({"task_type": "file_digest", "kb_id": "kb_b", "payload": {"file_ref": ref}})
     assert own["status"] == "completed", own
+
+
+async def test_a_tenant_keeps_at_most_its_upload_quota_in_files_and_bytes(
+    fleet_factory: FleetFactory, http: aiohttp.ClientSession, upload_root: Path  # noqa: F811
+) -> None:
+    fleet = await fleet_factory(_files_fleet(upload_root, UPLOAD_QUOTA_FILES="3", UPLOAD_QUOTA_BYTES="5000"))
+    api = ApiClient(fleet.api_url, http)
+    status, body = await _upload(api, "kb_q", b"y" * 6000)  # more than the 5000-byte quota
+    assert status == 413 and "UPLOAD_QUOTA_BYTES" in body["error"]["message"], body
+    answers = await asyncio.gather(*(_upload(api, "kb_q", b"x" * 1000) for _ in range(5)))  # in parallel
+    statuses = sorted(status for status, _ in answers)
+    assert statuses == [201, 201, 201, 413, 413], answers
+    refused = [body for status, body in answers if status == 413]
+    assert all("UPLOAD_QUOTA_FILES" in body["error"]["message"] for body in refused), refused
+    stored = [p for p in (upload_root / ".uploads").iterdir() if not p.name.startswith(".")]
+    assert len(stored) == 3
+
+
+async def test_an_upload_that_would_fill_the_disk_is_507(
+    fleet_factory: FleetFactory, http: aiohttp.ClientSession, upload_root: Path  # noqa: F811
+) -> None:
+    fleet = await fleet_factory(_files_fleet(upload_root, UPLOAD_MIN_FREE_BYTES=str(2**62)))
+    api = ApiClient(fleet.api_url, http)
+    status, body = await _upload(api, "kb_full", b"z" * 100)
+    assert status == 507 and "UPLOAD_MIN_FREE_BYTES" in body["error"]["message"], body
+    assert not [p for p in (upload_root / ".uploads").iterdir() if not p.name.startswith(".")]

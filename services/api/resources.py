@@ -18,6 +18,7 @@ from services.api.query_embedder import QueryEmbedder
 from services.api.queue_monitor import QueueMonitor
 from services.api.queue_stats import QueueStats
 from services.api.submission_checks import SubmissionChecks
+from services.api.upload_quota import UploadLimits, UploadQuota
 from services.api.worker_registry import WorkerRegistry
 from shared.amqp.connection import connect
 from shared.amqp.publisher import Publisher
@@ -47,6 +48,7 @@ QUEUE_STATS = web.AppKey("queue_stats", QueueStats)
 WORKER_REGISTRY = web.AppKey("worker_registry", WorkerRegistry)
 CHECKS = web.AppKey("submission_checks", SubmissionChecks)
 UPLOAD_STORE = web.AppKey("upload_store", UploadStore)
+UPLOAD_QUOTA = web.AppKey("upload_quota", UploadQuota)
 
 
 class StartupRefused(RuntimeError):
@@ -70,6 +72,9 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     app[CHECKS] = SubmissionChecks(app[ENGINE], policy, settings.files.upload_roots,
                                     settings.files.upload_store_root)
     app[UPLOAD_STORE] = UploadStore(settings.files.upload_store_root)
+    files = settings.files
+    app[UPLOAD_QUOTA] = UploadQuota(app[ENGINE], files.upload_store_root, UploadLimits(
+        files.upload_quota_files, files.upload_quota_bytes, files.upload_min_free_bytes))
     yield
     await bounded(app[ENGINE].dispose(), "closing database connections")
 

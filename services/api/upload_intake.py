@@ -39,8 +39,10 @@ class StoredFile:
     content_type: str
 
 
-async def receive(part: BodyPartReader, store_root: Path, file_ref: str, *, max_bytes: int) -> StoredFile:
-    """Stream one multipart part to `<store>/.incoming/<ref>/content`."""
+async def receive(part: BodyPartReader, store_root: Path, file_ref: str, *, max_bytes: int,
+                  too_large: str | None = None) -> StoredFile:
+    """Stream one multipart part to `<store>/.incoming/<ref>/content`; past
+    `max_bytes`, 413 with `too_large` (default: the MAX_FILE_BYTES message)."""
     directory = store_root / INCOMING / file_ref
     await asyncio.to_thread(directory.mkdir, parents=True, mode=0o700)
     sha, size, head = hashlib.sha256(), 0, b""
@@ -51,7 +53,8 @@ async def receive(part: BodyPartReader, store_root: Path, file_ref: str, *, max_
             while chunk := await part.read_chunk(256 * 1024):
                 size += len(chunk)
                 if size > max_bytes:
-                    raise PayloadTooLarge(f"the file exceeds the limit of {max_bytes} bytes (MAX_FILE_BYTES)")
+                    raise PayloadTooLarge(too_large or f"the file exceeds the limit of {max_bytes} bytes "
+                                                       "(MAX_FILE_BYTES)")
                 sha.update(chunk)
                 if len(head) < SNIFF_BYTES:
                     head += chunk[: SNIFF_BYTES - len(head)]
