@@ -215,6 +215,11 @@ class ApiSettings(BaseSettings):
     # RabbitMQ closes a channel holding a message unacked past consumer_timeout
     # (30 min by default in 3.10): attempts must end before that, with margin.
     max_task_timeout_seconds: float = Field(default=1740, alias="MAX_TASK_TIMEOUT", gt=0)
+    # aiohttp closes a connection that completed no request in this long: an idle keep-alive,
+    # and also one still sending its headers (a request starts only once they are complete).
+    keepalive_timeout_seconds: float = Field(default=15, alias="API_KEEPALIVE_TIMEOUT", gt=0)
+    # A JSON body must arrive within this; an upload may stall this long between chunks (408).
+    body_timeout_seconds: float = Field(default=30, alias="API_BODY_TIMEOUT", gt=0)
 
 
 def _split_list(value: object) -> object:

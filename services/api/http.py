@@ -3,6 +3,7 @@ that turns the project's errors into clear JSON answers."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -48,7 +49,14 @@ def error_body(code: str, message: str, details: list[FieldError] | None = None)
 async def read_json(request: web.Request) -> Any:
     """The decoded body; 400 when it is not JSON, 422 past a JSON shape limit (413 comes
     from aiohttp's size cap). A batch holds its items two levels down, hence the envelope."""
-    raw = await request.read()
+    from services.api.resources import SETTINGS  # imported here, as in error_middleware
+
+    seconds = request.app[SETTINGS].api.body_timeout_seconds
+    try:
+        async with asyncio.timeout(seconds):
+            raw = await request.read()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(text=f"the body did not arrive within {seconds:g}s (API_BODY_TIMEOUT)") from None
     if not raw:
         raise InvalidRequest("the body is empty; send a JSON object", [FieldError("body", "is required")])
     try:

@@ -91,7 +91,8 @@ async def _store(request: web.Request, kb_id: str, principal: Principal, store_r
             if stored is not None:
                 raise InvalidRequest("one file per upload", [FieldError("file", "sent more than once")])
             stored = await _malformed_as_422(
-                upload_intake.receive(part, store_root, new_file_ref(), max_bytes=allowed, too_large=too_large))
+                upload_intake.receive(part, store_root, new_file_ref(), max_bytes=allowed, too_large=too_large,
+                                      stall_seconds=app[SETTINGS].api.body_timeout_seconds))
         if stored is None:
             raise InvalidRequest("the file is missing", [FieldError("file", "is required")])
         if stored.size == 0:
