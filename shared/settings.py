@@ -251,6 +251,9 @@ class AuthSettings(BaseSettings):
     # Token bucket per kb_id, charged one token per task submitted for it; 0 turns it off.
     kb_rate_limit_per_second: float = Field(default=50.0, alias="KB_RATE_LIMIT_PER_SECOND", ge=0)
     kb_rate_limit_burst: int = Field(default=1000, alias="KB_RATE_LIMIT_BURST", ge=1)
+    # Token bucket per client address, paid only by key lookups that find no key (429 when empty).
+    auth_failure_rate_per_second: float = Field(default=1.0, alias="AUTH_FAILURE_RATE_PER_SECOND", ge=0)
+    auth_failure_burst: int = Field(default=30, alias="AUTH_FAILURE_BURST", ge=1)
     # The key `taskmgr submit|status|cancel|dlq` send to the api.
     cli_api_key: SecretStr | None = Field(default=None, alias="TASKMGR_API_KEY")
 

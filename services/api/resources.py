@@ -17,6 +17,7 @@ from services.api.dead_letters import DeadLetterQueue
 from services.api.query_embedder import QueryEmbedder
 from services.api.queue_monitor import QueueMonitor
 from services.api.queue_stats import QueueStats
+from services.api.rate_limit import TokenBuckets
 from services.api.submission_checks import SubmissionChecks
 from services.api.upload_quota import UploadLimits, UploadQuota
 from services.api.worker_registry import WorkerRegistry
@@ -67,6 +68,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         required=settings.auth_required,
         cache_seconds=settings.auth.api_key_cache_seconds,
         metrics_token=settings.auth.metrics_token.get_secret_value() if settings.auth.metrics_token else None,
+        lookups=TokenBuckets(settings.auth.auth_failure_rate_per_second, settings.auth.auth_failure_burst),
     )
     policy = CallbackPolicy.from_settings(settings.callbacks, settings.service.environment)
     app[CHECKS] = SubmissionChecks(app[ENGINE], policy, settings.files.upload_roots,
