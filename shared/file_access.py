@@ -53,7 +53,8 @@ def resolve_within_roots(raw: str, roots: Sequence[Path], *, store: Path | None 
     except FileNotFoundError:
         raise FileAccessError(f"file {raw!r} does not exist") from None
     except (OSError, RuntimeError) as exc:  # symlink loops, permission errors
-        raise FileAccessError(f"file {raw!r} cannot be resolved: {exc.strerror or type(exc).__name__}") from None
+        reason = getattr(exc, "strerror", None) or type(exc).__name__  # the message would show the real path
+        raise FileAccessError(f"file {raw!r} cannot be resolved: {reason}") from None
     if not any(real.is_relative_to(root) for root in roots):
         raise FileAccessError(f"file {raw!r} is outside the allowed upload roots (UPLOAD_ROOTS)")
     if store is not None and _in_store(real, store.resolve()):
