@@ -29,6 +29,8 @@ class EmbedRequest(BaseModel):
             return cls.model_validate_json(body)
         except ValidationError as exc:
             raise PoisonMessage(f"not a valid embed request: {exc.errors(include_url=False)[0]['msg']}") from exc
+        except (ValueError, TypeError, RecursionError) as exc:  # whatever else a hostile body raises
+            raise PoisonMessage(f"not a valid embed request: {type(exc).__name__}") from exc
 
 
 class EmbedReply(BaseModel):

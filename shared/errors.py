@@ -121,6 +121,18 @@ class Unavailable(TaskManagerError):
         self.retry_after_seconds = retry_after_seconds
 
 
+class InsufficientStorage(TaskManagerError):
+    """The server's disk is too full to keep what was sent (507); retry later or elsewhere."""
+
+    code = "insufficient_storage"
+
+
+class InternalError(TaskManagerError):
+    """One request met an unexpected error; answered alone (500) so it fails no other request."""
+
+    code = "internal_error"
+
+
 class PoisonMessage(TaskManagerError):
     """A message that cannot be parsed or is of an unknown version: dead-letter it."""
 

@@ -84,7 +84,7 @@ class TaskMessage(Frozen):
     def parse(cls, body: bytes) -> TaskMessage:
         try:
             return cls.model_validate_json(body)
-        except ValidationError as exc:
+        except _UNPARSABLE as exc:
             raise PoisonMessage(f"not a valid task message: {_first_error(exc)}") from exc
 
 
@@ -219,14 +219,14 @@ EVENT_STATUS: dict[str, TaskStatus] = {
 def parse_task_event(body: bytes) -> TaskEvent:
     try:
         return _TASK_EVENT.validate_json(body)
-    except ValidationError as exc:
+    except _UNPARSABLE as exc:
         raise PoisonMessage(f"not a valid task event: {_first_error(exc)}") from exc
 
 
 def parse_heartbeat(body: bytes) -> WorkerHeartbeat:
     try:
         return WorkerHeartbeat.model_validate_json(body)
-    except ValidationError as exc:
+    except _UNPARSABLE as exc:
         raise PoisonMessage(f"not a valid worker heartbeat: {_first_error(exc)}") from exc
 
 
@@ -247,7 +247,7 @@ ControlMessage = CancelTask
 def parse_control(body: bytes) -> ControlMessage:
     try:
         return CancelTask.model_validate_json(body)
-    except ValidationError as exc:
+    except _UNPARSABLE as exc:
         raise PoisonMessage(f"not a valid control message: {_first_error(exc)}") from exc
 
 
@@ -267,7 +267,14 @@ class CancelledTasksReply(Frozen):
     task_ids: list[str]
 
 
-def _first_error(exc: ValidationError) -> str:
+# Anything a hostile body can make a parser raise (a nesting past pydantic's
+# recursion limit, a number past its range): the message is poison, never retried.
+_UNPARSABLE = (ValueError, TypeError, RecursionError)
+
+
+def _first_error(exc: Exception) -> str:
+    if not isinstance(exc, ValidationError):
+        return f"{type(exc).__name__}: {str(exc)[:200]}"
     err = exc.errors(include_url=False)[0]
     where = ".".join(str(p) for p in err["loc"]) or "body"
     return f"{where}: {err['msg']}"

@@ -222,6 +222,11 @@ class ApiSettings(BaseSettings):
     # RabbitMQ closes a channel holding a message unacked past consumer_timeout
     # (30 min by default in 3.10): attempts must end before that, with margin.
     max_task_timeout_seconds: float = Field(default=1740, alias="MAX_TASK_TIMEOUT", gt=0)
+    # aiohttp closes a connection that completed no request in this long: an idle keep-alive,
+    # and also one still sending its headers (a request starts only once they are complete).
+    keepalive_timeout_seconds: float = Field(default=15, alias="API_KEEPALIVE_TIMEOUT", gt=0)
+    # A JSON body must arrive within this; an upload may stall this long between chunks (408).
+    body_timeout_seconds: float = Field(default=30, alias="API_BODY_TIMEOUT", gt=0)
 
 
 def _split_list(value: object) -> object:
@@ -253,6 +258,9 @@ class AuthSettings(BaseSettings):
     # Token bucket per kb_id, charged one token per task submitted for it; 0 turns it off.
     kb_rate_limit_per_second: float = Field(default=50.0, alias="KB_RATE_LIMIT_PER_SECOND", ge=0)
     kb_rate_limit_burst: int = Field(default=1000, alias="KB_RATE_LIMIT_BURST", ge=1)
+    # Token bucket per client address, paid only by key lookups that find no key (429 when empty).
+    auth_failure_rate_per_second: float = Field(default=1.0, alias="AUTH_FAILURE_RATE_PER_SECOND", ge=0)
+    auth_failure_burst: int = Field(default=30, alias="AUTH_FAILURE_BURST", ge=1)
     # The key `taskmgr submit|status|cancel|dlq` send to the api.
     cli_api_key: SecretStr | None = Field(default=None, alias="TASKMGR_API_KEY")
 
@@ -327,6 +335,11 @@ class FileSettings(BaseSettings):
     # ... or this long after it was uploaded when no task ever used it.
     upload_unused_ttl_seconds: float = Field(default=24 * 3600, alias="UPLOAD_UNUSED_TTL_SECONDS", gt=0)
     upload_sweep_interval_seconds: float = Field(default=60, alias="UPLOAD_SWEEP_INTERVAL", gt=0)
+    # Per tenant (API key owner): uploads kept at once, and their bytes (413 beyond) ...
+    upload_quota_files: int = Field(default=1000, alias="UPLOAD_QUOTA_FILES", ge=1)
+    upload_quota_bytes: int = Field(default=10 * 1024**3, alias="UPLOAD_QUOTA_BYTES", ge=1)
+    # ... and the free space the upload store's disk keeps whatever the quotas say (507 below).
+    upload_min_free_bytes: int = Field(default=1024**3, alias="UPLOAD_MIN_FREE_BYTES", ge=0)
 
     @field_validator("upload_roots", mode="before")
     @classmethod

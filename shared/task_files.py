@@ -34,5 +34,5 @@ class TaskFiles:
             real = resolve_within_roots(str(self._store.path_for(file_ref)), self._roots)
         else:
             assert file_path is not None
-            real = resolve_within_roots(file_path, self._roots)
+            real = resolve_within_roots(file_path, self._roots, store=self._store.root)
         return open_checked(real, max_bytes=self._max_bytes)

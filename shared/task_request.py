@@ -16,6 +16,7 @@ import orjson
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError
 
 from shared.errors import FieldError, InvalidRequest
+from shared.json_limits import check_json_shape
 from shared.json_types import JsonFloat, json_int
 from shared.status import Priority
 from shared.task_types import TaskType, TaskTypeRegistry
@@ -46,6 +47,9 @@ SERVER_OWNED_FIELDS = frozenset(
 TIMEOUT_SECONDS_CEILING = 86_400
 
 KB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
+# Visible ASCII only, wherever a key comes from (header, batch item, message_id): a CR or
+# LF in a key would forge log lines and breaks header round trips.
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
 
 
 class TaskRequest(BaseModel):
@@ -76,7 +80,9 @@ class TaskRequest(BaseModel):
 class BatchItem(TaskRequest):
     """One item of `POST /api/v1/tasks/batch`; may carry its own idempotency key."""
 
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+    idempotency_key: str | None = Field(
+        default=None, pattern=IDEMPOTENCY_KEY_PATTERN,
+        description="1-255 visible ASCII characters (no spaces or control characters).")
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,8 @@ def validate_task_request(
         raise InvalidRequest(
             "the body must be a JSON object", [FieldError("body", f"expected an object, got {_json_type(data)}")]
         )
+    # First, so nothing below (nor the database, nor the worker) walks a hostile shape.
+    check_json_shape(data)
     errors = [
         FieldError(key, "is set by the server and cannot be sent")
         for key in data

@@ -40,6 +40,8 @@ def run(settings: Settings, host: str, port: int) -> None:
         access_log=None,
         print=None,
         shutdown_timeout=settings.worker.shutdown_grace_seconds,
+        # Also ends slow-header (slowloris) connections: no request has started on them.
+        keepalive_timeout=settings.api.keepalive_timeout_seconds,
         handle_signals=True,
     )
 

@@ -32,7 +32,7 @@ from services.api.task_repository import TaskRow
 from shared import metrics
 from shared.amqp.publisher import Publisher
 from shared.db.errors import DB_ERRORS
-from shared.errors import Conflict, TaskManagerError, Unavailable
+from shared.errors import Conflict, InternalError, TaskManagerError, Unavailable
 from shared.ids import new_task_id
 from shared.messages import TaskMessage, utcnow
 from shared.status import TaskStatus
@@ -138,6 +138,7 @@ class Admission:
         now = utcnow()
         rows = [_row(valid, key, owner, now) for valid, key, owner in items]
         results: list[AdmissionResult | None] = [None] * len(items)
+        published = False
         try:
             async with self._engine.begin() as conn:
                 inserted = await repo.insert_tasks(conn, rows)
@@ -145,6 +146,7 @@ class Admission:
                     conn, [(r["created_by"], r["idempotency_key"]) for r in rows if r["id"] not in inserted]
                 )
                 to_publish = [i for i, row in enumerate(rows) if row["id"] in inserted]
+                published = bool(to_publish)
                 outcomes = await asyncio.gather(
                     *(self._publisher.task(_message(items[i][0], rows[i])) for i in to_publish),
                     return_exceptions=True,
@@ -163,7 +165,20 @@ class Admission:
         except DB_ERRORS as exc:
             logger.warning("admission failed: database unavailable ({})", type(exc).__name__)
             return [Unavailable("the task database is unavailable; retry shortly") for _ in items]
+        except Exception as exc:  # noqa: BLE001 - one bad row must not fail the requests it shares a batch with
+            if published or len(items) == 1:
+                # After a publish a retry could run a task twice; alone, the row is the culprit.
+                logger.opt(exception=exc).error("admission: {} row(s) could not be stored", len(items))
+                failed = InternalError(f"the task could not be stored ({type(exc).__name__}); it was not created")
+                return [failed for _ in items]
+            return await self._isolate(items)
         return [r for r in results if r is not None]
+
+    async def _isolate(self, items: Sequence[_Owned]) -> list[AdmissionResult]:
+        """Find the rows that broke a batch by halving it: each half is its own
+        transaction, so the good rows commit and only a bad row's request fails."""
+        mid = len(items) // 2
+        return [*await self._admit(items[:mid]), *await self._admit(items[mid:])]
 
 
 def _count(waiting: _Waiting, results: Sequence[AdmissionResult]) -> None:

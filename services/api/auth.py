@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import math
 import time
 from collections import OrderedDict
 from typing import Any
@@ -22,8 +23,8 @@ from aiohttp.typedefs import Handler
 from loguru import logger
 
 from services.api.access_policy import Open, decide
-from services.api.rate_limit import RATE_LIMITS
-from shared.errors import Forbidden, NotFound, Unauthorized
+from services.api.rate_limit import RATE_LIMITS, TokenBuckets
+from shared.errors import Forbidden, NotFound, RateLimited, Unauthorized
 from shared.security.api_key_store import ApiKeyStore, KeyRecord
 from shared.security.api_keys import Principal, Scope
 
@@ -36,12 +37,17 @@ class Authenticator:
     """Turns a request's bearer key into a Principal (or refuses it)."""
 
     def __init__(self, store: ApiKeyStore, *, required: bool, cache_seconds: float,
-                 metrics_token: str | None) -> None:
+                 metrics_token: str | None, lookups: TokenBuckets | None = None) -> None:
         self.required = required
         self._store = store
         self._cache_seconds = cache_seconds
         self._metrics_token = metrics_token
         self._cache: OrderedDict[str, tuple[float, KeyRecord]] = OrderedDict()
+        # Unknown keys: remembered as unknown for cache_seconds (a repeated bad key costs no
+        # lookup), and a bucket per client address pays for each lookup that finds no key, so a
+        # flood of random keys is answered 429 without loading the database.
+        self._unknown: OrderedDict[str, float] = OrderedDict()
+        self._lookups = lookups
         self._touched: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
 
@@ -51,7 +57,7 @@ class Authenticator:
             if self.required:
                 raise Unauthorized("an API key is required: send Authorization: Bearer <key>")
             return Principal.anonymous()
-        record = await self._verify(token)
+        record = await self._verify(token, request.remote or "unknown")
         if record is None:
             raise Unauthorized("the API key is not valid (unknown, revoked or expired)", presented=True)
         self._touch(record.key_id)
@@ -64,13 +70,23 @@ class Authenticator:
         if token is None or not hmac.compare_digest(token.encode(), self._metrics_token.encode()):
             raise Unauthorized("/metrics needs Authorization: Bearer <METRICS_TOKEN>", presented=token is not None)
 
-    async def _verify(self, token: str) -> KeyRecord | None:
+    async def _verify(self, token: str, address: str) -> KeyRecord | None:
         digest = hashlib.sha256(token.encode()).hexdigest()
         now = time.monotonic()
         cached = self._cache.get(digest)
         if cached is not None and cached[0] > now:
             return cached[1]
+        if self._unknown.get(digest, 0.0) > now:
+            return None
+        if self._lookups is not None and (wait := self._lookups.take(address)):
+            raise RateLimited(
+                f"too many unknown API keys from this address: {self._lookups.rate:g} lookups/s with bursts "
+                f"of {self._lookups.burst} (AUTH_FAILURE_RATE_PER_SECOND); retry later", max(1, math.ceil(wait)))
         record = await self._store.verify(token)
+        if record is None:
+            self._remember_unknown(digest, now)
+        elif self._lookups is not None:
+            self._lookups.refund(address)  # only lookups that find nothing are paid for
         if record is not None and self._cache_seconds > 0:
             self._cache[digest] = (now + self._cache_seconds, record)
             self._cache.move_to_end(digest)
@@ -79,6 +95,14 @@ class Authenticator:
         else:
             self._cache.pop(digest, None)
         return record
+
+    def _remember_unknown(self, digest: str, now: float) -> None:
+        if self._cache_seconds <= 0:
+            return
+        self._unknown[digest] = now + self._cache_seconds
+        self._unknown.move_to_end(digest)
+        while len(self._unknown) > _CACHE_MAX:
+            self._unknown.popitem(last=False)
 
     def _touch(self, key_id: str) -> None:
         """Record `last_used_at` about once a minute per key, off the request path."""

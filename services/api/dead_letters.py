@@ -24,6 +24,7 @@ from shared.db.models import tasks
 from shared.errors import PoisonMessage
 from shared.messages import TaskMessage, TaskQueued
 from shared.status import TaskStatus
+from shared.task_identity import recover_identity
 from shared.topology import DEAD_QUEUE
 
 # What an operator sees of one dead letter (the same model the api answers with).
@@ -147,6 +148,8 @@ def _describe(message: AbstractIncomingMessage) -> DeadLetter:
         task: TaskMessage | None = TaskMessage.parse(message.body)
     except PoisonMessage:
         task = None
+    # A poison message that still names its task is found by that task's id (not replayable).
+    who = task or recover_identity(message.body)
 
     def text(key: str) -> str | None:
         value = headers.get(key)
@@ -154,9 +157,9 @@ def _describe(message: AbstractIncomingMessage) -> DeadLetter:
 
     attempts = headers.get(h.ATTEMPT)
     return DeadLetter(
-        task_id=task.task_id if task else None,
-        task_type=task.task_type if task else None,
-        kb_id=task.kb_id if task else None,
+        task_id=who.task_id if who else None,
+        task_type=who.task_type if who else None,
+        kb_id=who.kb_id if who else None,
         reason=text(h.DEAD_REASON),
         stage=text(h.DEAD_STAGE),
         source_queue=text(h.DEAD_SOURCE_QUEUE),

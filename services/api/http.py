@@ -3,6 +3,7 @@ that turns the project's errors into clear JSON answers."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -15,6 +16,8 @@ from shared.errors import (
     Conflict,
     FieldError,
     Forbidden,
+    InsufficientStorage,
+    InternalError,
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
@@ -23,6 +26,7 @@ from shared.errors import (
     Unauthorized,
     Unavailable,
 )
+from shared.json_limits import DEFAULT_LIMITS, loads_checked
 
 JSON_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
 
@@ -44,12 +48,20 @@ def error_body(code: str, message: str, details: list[FieldError] | None = None)
 
 
 async def read_json(request: web.Request) -> Any:
-    """The decoded body; 400 when it is not JSON (413 comes from aiohttp's size cap)."""
-    raw = await request.read()
+    """The decoded body; 400 when it is not JSON, 422 past a JSON shape limit (413 comes
+    from aiohttp's size cap). A batch holds its items two levels down, hence the envelope."""
+    from services.api.resources import SETTINGS  # imported here, as in error_middleware
+
+    seconds = request.app[SETTINGS].api.body_timeout_seconds
+    try:
+        async with asyncio.timeout(seconds):
+            raw = await request.read()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(text=f"the body did not arrive within {seconds:g}s (API_BODY_TIMEOUT)") from None
     if not raw:
         raise InvalidRequest("the body is empty; send a JSON object", [FieldError("body", "is required")])
     try:
-        return orjson.loads(raw)
+        return loads_checked(raw, DEFAULT_LIMITS.envelope(2))
     except orjson.JSONDecodeError as exc:
         raise MalformedJson(f"the body is not valid JSON: {exc}") from None
 
@@ -61,6 +73,7 @@ class MalformedJson(TaskManagerError):
 _STATUS = {
     InvalidRequest: 422, NotFound: 404, Conflict: 409, Unavailable: 503, MalformedJson: 400,
     Unauthorized: 401, Forbidden: 403, RateLimited: 429, PayloadTooLarge: 413,
+    InsufficientStorage: 507, InternalError: 500,
 }
 
 

@@ -31,10 +31,11 @@ ERROR_TEXT = {
     403: "The API key lacks the scope, or may not use this kb_id.",
     404: "Not found (also another tenant's task: its existence is not revealed).",
     409: "Conflict with the current state.",
-    413: "The body is larger than allowed.",
+    413: "The body is larger than allowed (or than the tenant's upload quota).",
     422: "The request is invalid; `error.details` names each field.",
     429: "A rate limit was hit; wait `Retry-After` seconds.",
     503: "The broker or database cannot take it now; retry after `Retry-After` seconds.",
+    507: "The server's storage is nearly full; retry later.",
 }
 
 

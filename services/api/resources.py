@@ -17,7 +17,9 @@ from services.api.dead_letters import DeadLetterQueue
 from services.api.query_embedder import QueryEmbedder
 from services.api.queue_monitor import QueueMonitor
 from services.api.queue_stats import QueueStats
+from services.api.rate_limit import TokenBuckets
 from services.api.submission_checks import SubmissionChecks
+from services.api.upload_quota import UploadLimits, UploadQuota
 from services.api.worker_registry import WorkerRegistry
 from shared.amqp.connection import connect
 from shared.amqp.publisher import Publisher
@@ -47,6 +49,7 @@ QUEUE_STATS = web.AppKey("queue_stats", QueueStats)
 WORKER_REGISTRY = web.AppKey("worker_registry", WorkerRegistry)
 CHECKS = web.AppKey("submission_checks", SubmissionChecks)
 UPLOAD_STORE = web.AppKey("upload_store", UploadStore)
+UPLOAD_QUOTA = web.AppKey("upload_quota", UploadQuota)
 
 
 class StartupRefused(RuntimeError):
@@ -65,10 +68,15 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         required=settings.auth_required,
         cache_seconds=settings.auth.api_key_cache_seconds,
         metrics_token=settings.auth.metrics_token.get_secret_value() if settings.auth.metrics_token else None,
+        lookups=TokenBuckets(settings.auth.auth_failure_rate_per_second, settings.auth.auth_failure_burst),
     )
     policy = CallbackPolicy.from_settings(settings.callbacks, settings.service.environment)
-    app[CHECKS] = SubmissionChecks(app[ENGINE], policy, settings.files.upload_roots)
+    app[CHECKS] = SubmissionChecks(app[ENGINE], policy, settings.files.upload_roots,
+                                    settings.files.upload_store_root)
     app[UPLOAD_STORE] = UploadStore(settings.files.upload_store_root)
+    files = settings.files
+    app[UPLOAD_QUOTA] = UploadQuota(app[ENGINE], files.upload_store_root, UploadLimits(
+        files.upload_quota_files, files.upload_quota_bytes, files.upload_min_free_bytes))
     yield
     await bounded(app[ENGINE].dispose(), "closing database connections")
 

@@ -27,8 +27,10 @@ _FILE_REF = re.compile(FILE_REF_PATTERN)
 
 
 class SubmissionChecks:
-    def __init__(self, engine: AsyncEngine, policy: CallbackPolicy, upload_roots: Sequence[Path]) -> None:
+    def __init__(self, engine: AsyncEngine, policy: CallbackPolicy, upload_roots: Sequence[Path],
+                 upload_store: Path | None = None) -> None:
         self._engine = engine
+        self._store = upload_store
         self._policy = policy
         self._roots = list(upload_roots)
 
@@ -56,7 +58,7 @@ class SubmissionChecks:
             errors: list[FieldError] = []
             if valid.callback_url and refused[valid.callback_url]:
                 errors.append(FieldError("callback_url", refused[valid.callback_url] or ""))
-            errors.extend(_file_errors(_file_fields(valid), kb_id, upload_kbs, self._roots))
+            errors.extend(_file_errors(_file_fields(valid), kb_id, upload_kbs, self._roots, self._store))
             outcomes.append(InvalidRequest("; ".join(f"{e['field']}: {e['message']}" for e in errors), errors)
                             if errors else None)
         return outcomes
@@ -82,7 +84,7 @@ def _file_fields(valid: ValidTask) -> dict[str, Any]:
 
 
 def _file_errors(payload: dict[str, Any], kb_id: str | None, upload_kbs: dict[str, str],
-                 roots: Sequence[Path]) -> list[FieldError]:
+                 roots: Sequence[Path], store: Path | None) -> list[FieldError]:
     errors = []
     ref = payload.get("file_ref")
     # Another kb's upload answers exactly like a missing one: its existence is not revealed.
@@ -92,7 +94,7 @@ def _file_errors(payload: dict[str, Any], kb_id: str | None, upload_kbs: dict[st
     path = payload.get("file_path")
     if isinstance(path, str):
         try:
-            check_path_syntax(path, roots)
+            check_path_syntax(path, roots, store=store)
         except FileAccessError as exc:
             errors.append(FieldError("payload.file_path", exc.message))
     return errors

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from typing import Any
 
 import orjson
@@ -24,13 +25,15 @@ from services.api.views import task_created_view
 from shared import metrics
 from shared.amqp.dead_letter import dead_letter_headers
 from shared.amqp.publisher import Publisher
-from shared.errors import InvalidRequest, TaskManagerError, Unavailable
+from shared.errors import FieldError, InvalidRequest, TaskManagerError, Unavailable
+from shared.json_limits import loads_checked
 from shared.security.api_keys import Principal, Scope
-from shared.task_request import RequestLimits, validate_task_request
+from shared.task_request import IDEMPOTENCY_KEY_PATTERN, RequestLimits, validate_task_request
 from shared.task_types import TaskTypeRegistry
 from shared.topology import SUBMIT_QUEUE, Topology, declare_queue
 
 PREFETCH = 64
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 UNAVAILABLE_PAUSE_SECONDS = 1.0
 
 # tm.submit is authorised by RabbitMQ (who may write to it), not by API keys: a
@@ -73,17 +76,29 @@ class SubmitConsumer:
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         try:
-            data = orjson.loads(message.body)
+            data = loads_checked(message.body)
         except orjson.JSONDecodeError as exc:
             await self._refuse(message, InvalidRequest(f"the message body is not valid JSON: {exc}"))
             return
+        except InvalidRequest as exc:  # past a JSON shape limit
+            await self._refuse(message, exc)
+            return
+        key = message.message_id or None
         try:
+            if key is not None and not _IDEMPOTENCY_KEY.match(key):
+                raise InvalidRequest("invalid message_id", [FieldError(
+                    "message_id", "must be 1-255 visible ASCII characters (it is the idempotency key)")])
             valid = validate_task_request(data, self._registry, self._limits)
             await self._checks.check(valid, AMQP_PRINCIPAL)
         except InvalidRequest as exc:
             await self._refuse(message, exc)
             return
-        key = message.message_id or None
+        except Exception as exc:  # noqa: BLE001 - whatever this message makes validation raise, it is
+            # poison: requeued it would fail the same way for ever.
+            logger.opt(exception=exc).error("tm.submit: validation raised unexpectedly; dead-lettering")
+            await self._refuse(message, InvalidRequest(
+                f"the message could not be validated ({type(exc).__name__}); it was dead-lettered"))
+            return
         [result] = await self._admission.admit([(valid, key)], via="amqp", owner=AMQP_PRINCIPAL.owner)
         if isinstance(result, Unavailable):
             # Not the message's fault: keep it and try again shortly.

@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import puremagic
-from aiohttp import BodyPartReader
+from aiohttp import BodyPartReader, web
 
 from shared.errors import PayloadTooLarge
 
@@ -39,8 +39,10 @@ class StoredFile:
     content_type: str
 
 
-async def receive(part: BodyPartReader, store_root: Path, file_ref: str, *, max_bytes: int) -> StoredFile:
-    """Stream one multipart part to `<store>/.incoming/<ref>/content`."""
+async def receive(part: BodyPartReader, store_root: Path, file_ref: str, *, max_bytes: int,
+                  too_large: str | None = None, stall_seconds: float | None = None) -> StoredFile:
+    """Stream one multipart part to `<store>/.incoming/<ref>/content`; past
+    `max_bytes`, 413 with `too_large` (default: the MAX_FILE_BYTES message)."""
     directory = store_root / INCOMING / file_ref
     await asyncio.to_thread(directory.mkdir, parents=True, mode=0o700)
     sha, size, head = hashlib.sha256(), 0, b""
@@ -48,10 +50,11 @@ async def receive(part: BodyPartReader, store_root: Path, file_ref: str, *, max_
     fd = os.open(directory / "content", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "wb") as out:
-            while chunk := await part.read_chunk(256 * 1024):
+            while chunk := await _next_chunk(part, stall_seconds):
                 size += len(chunk)
                 if size > max_bytes:
-                    raise PayloadTooLarge(f"the file exceeds the limit of {max_bytes} bytes (MAX_FILE_BYTES)")
+                    raise PayloadTooLarge(too_large or f"the file exceeds the limit of {max_bytes} bytes "
+                                                       "(MAX_FILE_BYTES)")
                 sha.update(chunk)
                 if len(head) < SNIFF_BYTES:
                     head += chunk[: SNIFF_BYTES - len(head)]
@@ -60,6 +63,16 @@ async def receive(part: BodyPartReader, store_root: Path, file_ref: str, *, max_
         await discard(directory)
         raise
     return StoredFile(file_ref, directory, clean_filename(part.filename), size, sha.hexdigest(), sniff(head))
+
+
+async def _next_chunk(part: BodyPartReader, stall_seconds: float | None) -> bytes:
+    """A chunk, or 408 when the client sends nothing for `stall_seconds` (a slow body holds a handler)."""
+    try:
+        async with asyncio.timeout(stall_seconds):
+            return await part.read_chunk(256 * 1024)
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(
+            text=f"the upload stalled for {stall_seconds:g}s (API_BODY_TIMEOUT)") from None
 
 
 def write_meta(stored: StoredFile, kb_id: str, created_at: datetime) -> None:

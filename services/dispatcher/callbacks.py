@@ -26,7 +26,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared import metrics
 from shared.db.errors import DB_ERRORS
 from shared.runtime import stop_task
-from shared.security.callback_policy import CallbackPolicy, CallbackRefused, redact_url
+from shared.security.callback_policy import (
+    CallbackPolicy,
+    CallbackRefused,
+    redact_url,
+    sanitised_excerpt,
+)
 from shared.settings import CallbackSettings
 from shared.webhooks import sign
 
@@ -167,8 +172,8 @@ class CallbackSender:
                 return
             error = f"cannot resolve the callback host ({type(exc.os_error).__name__})"
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            # The message of a connection error names the address, never the URL's query.
-            error = f"{type(exc).__name__}: {exc}"[:500] or type(exc).__name__
+            # What the client library says may quote the URL (a token in its query) or the target's raw bytes.
+            error = sanitised_excerpt(f"{type(exc).__name__}: {exc}")
         await self._record(callback, status_code, error)
 
     async def _refuse(self, callback: DueCallback, exc: CallbackRefused) -> None:
@@ -188,7 +193,7 @@ class CallbackSender:
                 if error is None:
                     await conn.execute(_DELIVERED, params)
                     metrics.callback_attempts_total.labels("delivered").inc()
-                    logger.info("callback delivered to {} (HTTP {})", callback.url, status_code)
+                    logger.info("callback delivered to {} (HTTP {})", redact_url(callback.url), status_code)
                     return
                 delay = self._delay_seconds(callback.attempts + 1)
                 state = (await conn.execute(_FAILED_ATTEMPT, {

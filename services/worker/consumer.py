@@ -53,6 +53,7 @@ from shared.messages import (
 from shared.runtime import bounded
 from shared.settings import RetrySettings, WorkerSettings
 from shared.task_files import TaskFiles
+from shared.task_identity import recover_identity
 from shared.topology import TASKS_EXCHANGE, Topology, declare_queue, stage_queue
 
 
@@ -359,7 +360,14 @@ class StageWorker:
         logger.error("dead-lettering a message that cannot be processed: {}", reason)
         dead_headers = dead_letter_headers(reason, source_queue=stage_queue(self.stage), original=headers,
                                            stage=self.stage)
-        await self._settle(message, [lambda: self._dead(message.body, dead_headers, "poison")])
+        steps: list[Step] = [lambda: self._dead(message.body, dead_headers, "poison")]
+        if (task := recover_identity(message.body)) is not None:
+            # The record must not stay `queued` for ever: it ends failed, with the reason, and its callback.
+            steps.append(self._event_step(TaskFailed(
+                task_id=task.task_id, run=task.run, task_type=task.task_type, kb_id=task.kb_id, stage=self.stage,
+                attempt=_int(headers.get(h.ATTEMPT), 1), finished_at=utcnow(), dead_lettered=True,
+                error=ErrorInfo(type="poison_message", message=reason[:4000], stage=self.stage))))
+        await self._settle(message, steps)
 
     def _update_pool_gauges(self) -> None:
         self._active_gauge.set(self.active)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -179,6 +180,20 @@ def redact_url(url: str) -> str:
     except ValueError:
         return "<invalid url>"
     return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+_URL_TAIL = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?:[^/@\s'\"<>]*@)?(?P<rest>[^\s?#'\"<>]*)[^\s'\"<>]*")
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]+")
+EXCERPT_CHARS = 200
+
+
+def sanitised_excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """Text a callback target or its client library produced, safe to store and
+    show the tenant: every URL without user-info, query or fragment (a token can
+    hide there), control and non-ASCII bytes as `?`, at most `limit` characters."""
+    text = _URL_TAIL.sub(lambda m: m.group("head") + m.group("rest"), text)
+    text = _UNPRINTABLE.sub("?", text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class GuardedResolver(AbstractResolver):

@@ -46,6 +46,7 @@ from shared.ids import is_task_id
 from shared.messages import CancelTask, TaskCancelled, utcnow
 from shared.status import TaskStatus
 from shared.task_request import (
+    IDEMPOTENCY_KEY_PATTERN,
     KB_ID_PATTERN,
     BatchItem,
     ValidTask,
@@ -59,7 +60,7 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 # Task ids are UUIDs; the pattern keeps /api/v1/tasks/batch from also matching {task_id}.
 TASK_ID_SEGMENT = "[0-9A-Fa-f-]{32,36}"
 CANCEL_WAIT_SECONDS = 1.0
-_IDEMPOTENCY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+_IDEMPOTENCY_PATTERN = IDEMPOTENCY_KEY_PATTERN
 _IDEMPOTENCY_KEY = re.compile(_IDEMPOTENCY_PATTERN)
 _IDEMPOTENCY_DOC = {IDEMPOTENCY_HEADER: ("The same key (per API key) returns the same task instead of a second one.",
                                          {"type": "string", "pattern": _IDEMPOTENCY_PATTERN})}

@@ -4,6 +4,7 @@ needs no filesystem shared with the workers."""
 from __future__ import annotations
 
 from collections.abc import Awaitable
+from pathlib import Path
 from typing import TypeVar
 
 from aiohttp import BodyPartReader, ClientPayloadError, web
@@ -15,7 +16,7 @@ from services.api import upload_intake
 from services.api.auth import principal_of
 from services.api.http import json_response
 from services.api.openapi import Operation, documented
-from services.api.resources import ENGINE, SETTINGS, UPLOAD_STORE
+from services.api.resources import ENGINE, SETTINGS, UPLOAD_QUOTA, UPLOAD_STORE
 from services.api.schemas import UploadCreated
 from shared.db.errors import DB_ERRORS
 from shared.db.models import uploads
@@ -55,7 +56,7 @@ class UploadForm(BaseModel):
     description="Streams the file into the upload store and answers a `file_ref` to use as `payload.file_ref` "
                 "for the same kb_id. The file is deleted UPLOAD_RETENTION_SECONDS after the last task using it "
                 "ended, or UPLOAD_UNUSED_TTL_SECONDS after upload if no task uses it.",
-    tag="uploads", query=UploadQuery, body=UploadForm, body_type="multipart", errors=(503,),
+    tag="uploads", query=UploadQuery, body=UploadForm, body_type="multipart", errors=(413, 503, 507),
     responses={201: (UploadCreated, "Stored.")},
 ))
 async def create_upload(request: web.Request) -> web.Response:
@@ -71,6 +72,15 @@ async def create_upload(request: web.Request) -> web.Response:
                              [FieldError("body", "must be multipart/form-data")])
 
     store_root = app[UPLOAD_STORE].root
+    async with app[UPLOAD_QUOTA].reserve(principal.owner, request.content_length, max_bytes) as allowed:
+        return await _store(request, kb_id, principal, store_root, allowed)
+
+
+async def _store(request: web.Request, kb_id: str, principal: Principal, store_root: Path,
+                 allowed: int) -> web.Response:
+    app = request.app
+    quota = app[UPLOAD_QUOTA]
+    too_large = quota.quota_message(allowed) if allowed < app[SETTINGS].files.max_file_bytes else None
     stored: upload_intake.StoredFile | None = None
     try:
         reader = await _malformed_as_422(request.multipart())
@@ -81,11 +91,13 @@ async def create_upload(request: web.Request) -> web.Response:
             if stored is not None:
                 raise InvalidRequest("one file per upload", [FieldError("file", "sent more than once")])
             stored = await _malformed_as_422(
-                upload_intake.receive(part, store_root, new_file_ref(), max_bytes=max_bytes))
+                upload_intake.receive(part, store_root, new_file_ref(), max_bytes=allowed, too_large=too_large,
+                                      stall_seconds=app[SETTINGS].api.body_timeout_seconds))
         if stored is None:
             raise InvalidRequest("the file is missing", [FieldError("file", "is required")])
         if stored.size == 0:
             raise InvalidRequest("the file is empty", [FieldError("file", "is empty")])
+        quota.check_free_space()  # sent without a Content-Length, it may have crossed the floor
         created_at = utcnow()
         upload_intake.write_meta(stored, kb_id, created_at)
         try:

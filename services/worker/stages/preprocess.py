@@ -99,7 +99,7 @@ class PreprocessStage(PipelineStage):
             name = str(meta.get("filename") or "")  # as the upload endpoint recorded it
             return resolve_within_roots(str(stored), roots), PurePath(name).name, name or payload.file_ref
         assert payload.file_path is not None
-        real = resolve_within_roots(payload.file_path, roots)
+        real = resolve_within_roots(payload.file_path, roots, store=self._uploads.root)
         root = next(r for r in roots if real.is_relative_to(r))
         return real, real.name, str(real.relative_to(root))
 
