@@ -39,7 +39,7 @@ from shared.topology import DEAD_QUEUE, SUBMIT_QUEUE, Topology, setup_topology
 from tests.support.api import ApiClient
 from tests.support.environment import TestEnvironment
 
-REGISTRY = default_registry()
+REGISTRY = default_registry(demo=True)
 LIMITS = RequestLimits(default_retry_limit=3, max_retry_limit=10)
 
 
@@ -212,7 +212,7 @@ class _Explosive(BaseModel):
 async def test_tm_submit_dead_letters_and_answers_a_message_whose_validation_raises(
     environment: TestEnvironment, admission: Admission
 ) -> None:
-    registry = TaskTypeRegistry([*default_registry().values(),
+    registry = TaskTypeRegistry([*default_registry(demo=True).values(),
                                  TaskType("explosive", _Explosive, "raises in validation", stages=("other",))])
     engine = create_engine(environment.postgres, database=environment.database, pool_size=1)
     connection = await aio_pika.connect_robust(environment.amqp_url)
