@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import timedelta
+from collections.abc import Awaitable
 from typing import Any
 
 import backoff
@@ -29,51 +27,24 @@ from aio_pika.abc import (
 )
 from loguru import logger
 
+from services.worker import outcome_plan as plan
 from services.worker.attempt import AttemptContext
+from services.worker.broken_deliveries import poison_steps, redelivery_steps
 from services.worker.cancellation import CancellationRegistry, CancelledByRequest
 from services.worker.cpu import CpuPool
 from services.worker.estimates import DurationEstimator
+from services.worker.outcome_plan import Cancelled, Failed, Outcome, Step, Succeeded, steps_for
 from services.worker.retry_policy import RetryPolicy
-from services.worker.stages.base import StageHandler, StageOutput
+from services.worker.stages.base import StageHandler
 from shared import metrics
 from shared.amqp import headers as h
-from shared.amqp.dead_letter import dead_letter_headers
 from shared.amqp.publisher import Publisher
 from shared.errors import PoisonMessage, TaskError, Unavailable
-from shared.messages import (
-    ErrorInfo,
-    TaskCancelled,
-    TaskCompleted,
-    TaskFailed,
-    TaskMessage,
-    TaskRetrying,
-    TaskStageCompleted,
-    utcnow,
-)
+from shared.messages import ErrorInfo, TaskMessage, utcnow
 from shared.runtime import bounded
 from shared.settings import RetrySettings, WorkerSettings
 from shared.task_files import TaskFiles
-from shared.task_identity import recover_identity
 from shared.topology import TASKS_EXCHANGE, Topology, declare_queue, stage_queue
-
-
-@dataclass(frozen=True)
-class Succeeded:
-    output: StageOutput
-
-
-@dataclass(frozen=True)
-class Failed:
-    error: ErrorInfo
-
-
-@dataclass(frozen=True)
-class Cancelled:
-    pass
-
-
-Outcome = Succeeded | Failed | Cancelled
-Step = Callable[[], Awaitable[None]]
 
 # How long a worker keeps retrying the publishes of an outcome (the broker
 # refusing them) while still holding the delivery; RabbitMQ's consumer_timeout
@@ -122,7 +93,7 @@ class StageWorker:
             backoff.expo, Unavailable, max_value=10, max_time=OUTCOME_PUBLISH_MAX_SECONDS, giveup=lambda _: self._stopping, logger=None,
             on_backoff=lambda d: logger.warning("publish refused ({}); retrying in {:.1f}s",
                                                 getattr(d.get("exception"), "message", "?"), d["wait"]),
-        )(_run_step)
+        )(self._execute)
         self._update_pool_gauges()
 
     @property
@@ -204,13 +175,13 @@ class StageWorker:
         except PoisonMessage as exc:
             await self._dead_letter_poison(message, headers, exc.message)
             return
-        attempt = _int(headers.get(h.ATTEMPT), 1)
+        attempt = plan.header_int(headers.get(h.ATTEMPT), 1)
         with logger.contextualize(
             task_id=task.task_id, kb_id=task.kb_id, task_type=task.task_type, stage=self.stage, attempt=attempt
         ):
             if self._cancellations.is_cancelled(task.task_id):
                 logger.info("skipping a task cancelled before it ran")
-                await self._settle(message, [self._event_step(_cancelled(task, attempt))])
+                await self._settle(message, [plan.PublishEvent(plan.cancelled_event(task, attempt))])
                 return
             outcome, ctx = await self._attempt(task, attempt)
             await self._settle(message, self._steps_for(outcome, task, attempt, headers, ctx))
@@ -263,135 +234,60 @@ class StageWorker:
     def _steps_for(
         self, outcome: Outcome, task: TaskMessage, attempt: int, headers: dict[str, Any], ctx: AttemptContext
     ) -> list[Step]:
-        """What must be published, in order, before the delivery is acked."""
-        now = utcnow()
-        base = {"task_id": task.task_id, "run": task.run, "task_type": task.task_type, "kb_id": task.kb_id,
-                "stage": self.stage, "attempt": attempt}
-        if isinstance(outcome, Cancelled):
-            return [self._event_step(_cancelled(task, attempt))]
-        if isinstance(outcome, Succeeded):
-            output = outcome.output
-            if task.next_stage is None:
-                return [self._event_step(TaskCompleted(**base, result=output.result, started_at=ctx.started_at,
-                                                       finished_at=now))]
-            forwarded = task.forwarded(dict(output.context))
-            return [
-                self._event_step(TaskStageCompleted(**base, next_stage=forwarded.stage,
-                                                    progress=ctx.overall_progress(100), started_at=ctx.started_at,
-                                                    estimated_completion=ctx.estimated_completion(stage_done=True))),
-                lambda: self._publisher.task(forwarded),
-            ]
-        error = outcome.error
-        if error.retryable and self._retry_policy.should_retry(attempt, task.retry_limit):
-            tier = self._retry_policy.tier_for(attempt)
-            retry_headers = {
-                h.ATTEMPT: attempt + 1,
-                h.FIRST_FAILURE_AT: headers.get(h.FIRST_FAILURE_AT, now.isoformat()),
-                h.LAST_FAILURE_AT: now.isoformat(),
-                h.LAST_ERROR: error.message[:2000],
-            }
-            metrics.tasks_retried_total.labels(task.task_type, self.stage).inc()
-            return [
-                lambda: self._publisher.retry(task, tier, headers=retry_headers),
-                self._event_step(TaskRetrying(**base, error=error, started_at=ctx.started_at,
-                                              next_attempt_at=now + timedelta(seconds=tier.seconds))),
-            ]
-        steps: list[Step] = []
-        dead = error.retryable  # retries exhausted: keep it for operators to inspect and replay
-        if dead:
-            reason = f"retries exhausted after {attempt} attempt(s)"
-            dead_headers = dead_letter_headers(
-                reason, source_queue=stage_queue(self.stage), original=headers, stage=self.stage,
-                last_error=error.message, attempts=attempt,
-                first_failure_at=headers.get(h.FIRST_FAILURE_AT, now.isoformat()), last_failure_at=now,
-            )
-            body = task.model_dump_json().encode()
-            steps.append(lambda: self._dead(body, dead_headers, "retries_exhausted"))
-            error = error.model_copy(update={"message": f"{error.message} ({reason})"})
-        steps.append(self._event_step(TaskFailed(**base, error=error, started_at=ctx.started_at, finished_at=now,
-                                                 dead_lettered=dead)))
-        return steps
+        """What must be published, in order, before the delivery is acked (see outcome_plan)."""
+        return steps_for(outcome, task, attempt, headers, ctx=ctx, retry_policy=self._retry_policy, now=utcnow())
 
     async def _settle(self, message: AbstractIncomingMessage, steps: list[Step]) -> None:
         """Publish each step (retrying a step that the broker refused, never
         repeating one that succeeded), then ack."""
         for step in steps:
+            if isinstance(step, plan.ScheduleRetry):
+                metrics.tasks_retried_total.labels(step.task.task_type, self.stage).inc()
             await self._with_retries(step)
         await message.ack()
 
     async def _with_retries(self, step: Step) -> None:
         await self._run_with_retries(step)
 
-    def _event_step(self, event: Any) -> Step:
-        return lambda: self._publisher.event(event)
-
-    async def _dead(self, body: bytes, headers: dict[str, Any], reason: str) -> None:
-        await self._publisher.dead(body, headers=headers, routing_key=self.stage)
-        metrics.tasks_dead_lettered_total.labels(reason).inc()
+    async def _execute(self, step: Step) -> None:
+        match step:
+            case plan.PublishEvent(event):
+                await self._publisher.event(event)
+            case plan.ForwardTask(task):
+                await self._publisher.task(task)
+            case plan.ScheduleRetry(task, tier, headers):
+                await self._publisher.retry(task, tier, headers=headers)
+            case plan.DeadLetter(body, headers, reason, stage):
+                await self._publisher.dead(body, headers=headers, routing_key=stage)
+                metrics.tasks_dead_lettered_total.labels(reason).inc()
+            case plan.Republish(stage, body, headers, priority, message_id):
+                await self._publisher.publish(TASKS_EXCHANGE, stage, body, headers=headers, priority=priority,
+                                              message_id=message_id)
 
     # --- broken deliveries -----------------------------------------------------------------
 
     async def _count_redelivery(self, message: AbstractIncomingMessage, headers: dict[str, Any]) -> bool:
         """Keep the crash count with the message. Answers True when the delivery was handled."""
-        count = _int(headers.get(h.REDELIVERIES), 0) + 1
-        if count > self._max_redeliveries:
-            reason = f"redelivered {count} times: a worker died or lost its connection each time it held it"
-            steps: list[Step] = [lambda: self._dead(message.body, dead_letter_headers(
-                reason, source_queue=stage_queue(self.stage), original=headers, stage=self.stage,
-                attempts=_int(headers.get(h.ATTEMPT), 1)), "redelivery_limit")]
-            with contextlib.suppress(PoisonMessage):
-                task = TaskMessage.parse(message.body)
-                now = utcnow()
-                steps.append(self._event_step(TaskFailed(
-                    task_id=task.task_id, run=task.run, task_type=task.task_type, kb_id=task.kb_id,
-                    stage=self.stage, attempt=_int(headers.get(h.ATTEMPT), 1), finished_at=now,
-                    error=ErrorInfo(type="redelivery_limit", message=reason, stage=self.stage), dead_lettered=True)))
-            logger.error("dead-lettering a message: {}", reason)
-            await self._settle(message, steps)
-            return True
-        republish = lambda: self._publisher.publish(
-            TASKS_EXCHANGE, self.stage, message.body, headers={**headers, h.REDELIVERIES: count},
-            priority=message.priority, message_id=message.message_id,
+        steps = redelivery_steps(
+            message.body, headers, stage=self.stage, max_redeliveries=self._max_redeliveries,
+            priority=message.priority, message_id=message.message_id, now=utcnow(),
         )
-        await self._settle(message, [republish])
+        if isinstance(steps[0], plan.DeadLetter):
+            logger.error("dead-lettering a message: {}", steps[0].headers[h.DEAD_REASON])
+        await self._settle(message, steps)
         return True
 
     async def _dead_letter_poison(self, message: AbstractIncomingMessage, headers: dict[str, Any], reason: str) -> None:
         logger.error("dead-lettering a message that cannot be processed: {}", reason)
-        dead_headers = dead_letter_headers(reason, source_queue=stage_queue(self.stage), original=headers,
-                                           stage=self.stage)
-        steps: list[Step] = [lambda: self._dead(message.body, dead_headers, "poison")]
-        if (task := recover_identity(message.body)) is not None:
-            # The record must not stay `queued` for ever: it ends failed, with the reason, and its callback.
-            steps.append(self._event_step(TaskFailed(
-                task_id=task.task_id, run=task.run, task_type=task.task_type, kb_id=task.kb_id, stage=self.stage,
-                attempt=_int(headers.get(h.ATTEMPT), 1), finished_at=utcnow(), dead_lettered=True,
-                error=ErrorInfo(type="poison_message", message=reason[:4000], stage=self.stage))))
-        await self._settle(message, steps)
+        await self._settle(message, poison_steps(message.body, headers, reason, stage=self.stage, now=utcnow()))
 
     def _update_pool_gauges(self) -> None:
         self._active_gauge.set(self.active)
         self._idle_gauge.set(max(0, self.pool_size - self.active))
 
 
-def _cancelled(task: TaskMessage, attempt: int) -> TaskCancelled:
-    return TaskCancelled(task_id=task.task_id, run=task.run, task_type=task.task_type, kb_id=task.kb_id,
-                         stage=task.stage, attempt=attempt, finished_at=utcnow())
-
-
 def _error(kind: str, message: str, retryable: bool, task: TaskMessage) -> ErrorInfo:
     return ErrorInfo(type=kind, message=message[:4000], retryable=retryable, stage=task.stage)
-
-
-def _int(value: Any, default: int) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return default
-
-
-async def _run_step(step: Step) -> None:
-    await step()
 
 
 async def _quietly(awaitable: Awaitable[Any]) -> None:
