@@ -18,33 +18,29 @@ import contextlib
 from collections.abc import Awaitable
 from typing import Any
 
-import backoff
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractIncomingMessage,
-    AbstractQueue,
-    AbstractRobustConnection,
-)
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from loguru import logger
 
 from services.worker import outcome_plan as plan
 from services.worker.attempt import AttemptContext
+from services.worker.attempt_runner import observe, run_attempt
 from services.worker.broken_deliveries import poison_steps, redelivery_steps
-from services.worker.cancellation import CancellationRegistry, CancelledByRequest
+from services.worker.cancellation import CancellationRegistry
 from services.worker.cpu import CpuPool
 from services.worker.estimates import DurationEstimator
-from services.worker.outcome_plan import Cancelled, Failed, Outcome, Step, Succeeded, steps_for
+from services.worker.in_flight import InFlight
+from services.worker.outcome_plan import Failed, Outcome, Step, Succeeded, steps_for
 from services.worker.retry_policy import RetryPolicy
 from services.worker.stages.base import StageHandler
-from shared import metrics
+from services.worker.step_publisher import StepPublisher
 from shared.amqp import headers as h
+from shared.amqp.consumer import QueueConsumer
 from shared.amqp.publisher import Publisher
-from shared.errors import PoisonMessage, TaskError, Unavailable
-from shared.messages import ErrorInfo, TaskMessage, utcnow
-from shared.runtime import bounded
+from shared.errors import PoisonMessage
+from shared.messages import TaskMessage, utcnow
 from shared.settings import RetrySettings, WorkerSettings
 from shared.task_files import TaskFiles
-from shared.topology import TASKS_EXCHANGE, Topology, declare_queue, stage_queue
+from shared.topology import Topology, declare_queue, stage_queue
 
 # How long a worker keeps retrying the publishes of an outcome (the broker
 # refusing them) while still holding the delivery; RabbitMQ's consumer_timeout
@@ -81,20 +77,12 @@ class StageWorker:
         self._settings = worker_settings
         self._max_redeliveries = retry_settings.max_redeliveries
         self._estimator = DurationEstimator()
-        self._inflight: dict[asyncio.Task[Any], AbstractIncomingMessage] = {}
-        self._channel: AbstractChannel | None = None
-        self._queue: AbstractQueue | None = None
-        self._consumer_tag: str | None = None
+        self._inflight = InFlight(stage, self.pool_size)
+        # Prefetch = pool size: the broker keeps the rest, so priorities still reorder them.
+        self._consumer = QueueConsumer(self._on_message, what=stage_queue(stage), prefetch=self.pool_size)
         self._stopping = False
-        self._active_gauge = metrics.worker_pool_active_count.labels(stage)
-        self._idle_gauge = metrics.worker_pool_idle_count.labels(stage)
-        # Built once: wrapping each step anew cost more than publishing it.
-        self._run_with_retries = backoff.on_exception(
-            backoff.expo, Unavailable, max_value=10, max_time=OUTCOME_PUBLISH_MAX_SECONDS, giveup=lambda _: self._stopping, logger=None,
-            on_backoff=lambda d: logger.warning("publish refused ({}); retrying in {:.1f}s",
-                                                getattr(d.get("exception"), "message", "?"), d["wait"]),
-        )(self._execute)
-        self._update_pool_gauges()
+        self._steps = StepPublisher(publisher, stage=stage, max_seconds=OUTCOME_PUBLISH_MAX_SECONDS,
+                                    giving_up=lambda: self._stopping)
 
     @property
     def active(self) -> int:
@@ -106,63 +94,35 @@ class StageWorker:
 
     async def check_consuming(self) -> None:
         """Readiness: this worker takes deliveries from its stage queue."""
-        if self._stopping:
-            raise RuntimeError("shutting down: no longer consuming")
-        if self._channel is None or self._channel.is_closed or self._consumer_tag is None:
-            raise RuntimeError(f"not consuming {stage_queue(self.stage)}")
-        # An open channel is not enough: after a reconnect the consumer must be back on it.
-        underlay = await self._channel.get_underlay_channel()
-        # aiormq's Channel has `consumers`; its abstract type (what aio-pika declares) does not.
-        if self._consumer_tag not in underlay.consumers:  # type: ignore[attr-defined]
-            raise RuntimeError(f"not consuming {stage_queue(self.stage)} (consumer not restored)")
+        await self._consumer.check_consuming()
 
     # --- lifecycle ---------------------------------------------------------------
 
     async def start(self, connection: AbstractRobustConnection, topology: Topology) -> None:
-        self._channel = await connection.channel()
-        # Prefetch = pool size: the broker keeps the rest, so priorities still reorder them.
-        await self._channel.set_qos(prefetch_count=self.pool_size)
-        self._queue = await declare_queue(self._channel, topology, stage_queue(self.stage))
-        self._consumer_tag = await self._queue.consume(self._on_message)
-        logger.info("consuming {} with {} slots", stage_queue(self.stage), self.pool_size)
+        await self._consumer.start(connection, lambda ch: declare_queue(ch, topology, self._consumer.what))
+        logger.info("consuming {} with {} slots", self._consumer.what, self.pool_size)
 
     async def stop(self, grace_seconds: float) -> None:
         """Stop taking work, let in-flight attempts finish within the grace
         period, then requeue whatever is still running."""
         self._stopping = True
-        if self._queue is not None and self._consumer_tag is not None:
-            await bounded(self._queue.cancel(self._consumer_tag), "cancelling the consumer")
-        pending = set(self._inflight)
-        if pending:
-            logger.info("waiting up to {}s for {} task(s) in flight", grace_seconds, len(pending))
-            _, pending = await asyncio.wait(pending, timeout=grace_seconds)
-        for task in pending:
-            task.cancel("worker shutting down")
-        if pending:
-            await asyncio.wait(pending, timeout=5)
-            logger.warning("requeued {} unfinished task(s) at shutdown", len(pending))
-        if self._channel is not None:
-            await bounded(self._channel.close(), "closing the consumer channel")
+        await self._consumer.cancel()
+        await self._inflight.drain(grace_seconds)
+        await self._consumer.close()
 
     # --- the loop ------------------------------------------------------------------
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        current = asyncio.current_task()
-        assert current is not None
-        self._inflight[current] = message
-        self._update_pool_gauges()
-        try:
-            await self._process(message)
-        except asyncio.CancelledError:
-            # Shutdown: give the message back so another worker takes it.
-            await _quietly(message.nack(requeue=True))
-        except Exception:  # noqa: BLE001 - a consumer never dies on one message
-            logger.exception("unexpected error handling a delivery; requeueing it")
-            await asyncio.sleep(1)
-            await _quietly(message.nack(requeue=True))
-        finally:
-            self._inflight.pop(current, None)
-            self._update_pool_gauges()
+        with self._inflight.holding():
+            try:
+                await self._process(message)
+            except asyncio.CancelledError:
+                # Shutdown: give the message back so another worker takes it.
+                await _quietly(message.nack(requeue=True))
+            except Exception:  # noqa: BLE001 - a consumer never dies on one message
+                logger.exception("unexpected error handling a delivery; requeueing it")
+                await asyncio.sleep(1)
+                await _quietly(message.nack(requeue=True))
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
         headers = dict(message.headers or {})
@@ -191,42 +151,14 @@ class StageWorker:
             task, attempt, events=self._publisher, estimator=self._estimator, worker_id=self.worker_id, cpu=self._cpu,
             files=self._files,
         )
-        timeout = task.timeout_seconds or self._settings.task_timeout
-        loop = asyncio.get_running_loop()
-        announce = loop.call_later(
-            self._settings.started_event_delay_seconds, lambda: asyncio.ensure_future(ctx.announce_started())
+        outcome = await run_attempt(
+            self._handler, task, ctx, cancellations=self._cancellations,
+            timeout=task.timeout_seconds or self._settings.task_timeout,
+            announce_after=self._settings.started_event_delay_seconds,
         )
-        outcome: Outcome
-        try:
-            async with asyncio.timeout(timeout):
-                output = await self._cancellations.run(task.task_id, self._handler(task, ctx))
-            outcome = Succeeded(output)
-        except CancelledByRequest:
-            outcome = Cancelled()
-        except TimeoutError:
-            outcome = Failed(_error("timeout", f"the attempt exceeded its {timeout:g}s time limit", True, task))
-        except TaskError as exc:
-            outcome = Failed(_error(exc.code, exc.message, exc.retryable, task))
-        except Exception as exc:  # noqa: BLE001 - an unexpected error is retried like a transient one
-            logger.opt(exception=exc).warning("stage raised an unexpected error")
-            outcome = Failed(_error(type(exc).__name__, str(exc) or repr(exc), True, task))
-        finally:
-            announce.cancel()
-        elapsed = ctx.elapsed_seconds
-        label = {Succeeded: "succeeded", Failed: "failed", Cancelled: "cancelled"}[type(outcome)]
-        metrics.task_attempts_total.labels(task.task_type, self.stage, label).inc()
-        metrics.task_processing_duration_seconds.labels(task.task_type, self.stage).observe(elapsed)
-        if isinstance(outcome, Succeeded):
-            self._estimator.observe(task.task_type, self.stage, elapsed)
-            self.processed += 1
-            # Debug: at INFO a task's success is the dispatcher's one "completed" line
-            # (a line per attempt cost ~20% of a no-op task's CPU across the fleet).
-            logger.debug("attempt succeeded in {:.3f}s", elapsed)
-        elif isinstance(outcome, Failed):
-            self.failed += 1
-            logger.info("attempt failed after {:.3f}s: {}", elapsed, outcome.error.message)
-        else:
-            logger.info("attempt cancelled after {:.3f}s", elapsed)
+        observe(outcome, ctx, self._estimator)
+        self.processed += isinstance(outcome, Succeeded)
+        self.failed += isinstance(outcome, Failed)
         return outcome, ctx
 
     # --- outcomes ----------------------------------------------------------------------
@@ -238,31 +170,8 @@ class StageWorker:
         return steps_for(outcome, task, attempt, headers, ctx=ctx, retry_policy=self._retry_policy, now=utcnow())
 
     async def _settle(self, message: AbstractIncomingMessage, steps: list[Step]) -> None:
-        """Publish each step (retrying a step that the broker refused, never
-        repeating one that succeeded), then ack."""
-        for step in steps:
-            if isinstance(step, plan.ScheduleRetry):
-                metrics.tasks_retried_total.labels(step.task.task_type, self.stage).inc()
-            await self._with_retries(step)
-        await message.ack()
-
-    async def _with_retries(self, step: Step) -> None:
-        await self._run_with_retries(step)
-
-    async def _execute(self, step: Step) -> None:
-        match step:
-            case plan.PublishEvent(event):
-                await self._publisher.event(event)
-            case plan.ForwardTask(task):
-                await self._publisher.task(task)
-            case plan.ScheduleRetry(task, tier, headers):
-                await self._publisher.retry(task, tier, headers=headers)
-            case plan.DeadLetter(body, headers, reason, stage):
-                await self._publisher.dead(body, headers=headers, routing_key=stage)
-                metrics.tasks_dead_lettered_total.labels(reason).inc()
-            case plan.Republish(stage, body, headers, priority, message_id):
-                await self._publisher.publish(TASKS_EXCHANGE, stage, body, headers=headers, priority=priority,
-                                              message_id=message_id)
+        """Publish the steps (each retried while the broker refuses it), then ack."""
+        await self._steps.settle(message, steps)
 
     # --- broken deliveries -----------------------------------------------------------------
 
@@ -280,14 +189,6 @@ class StageWorker:
     async def _dead_letter_poison(self, message: AbstractIncomingMessage, headers: dict[str, Any], reason: str) -> None:
         logger.error("dead-lettering a message that cannot be processed: {}", reason)
         await self._settle(message, poison_steps(message.body, headers, reason, stage=self.stage, now=utcnow()))
-
-    def _update_pool_gauges(self) -> None:
-        self._active_gauge.set(self.active)
-        self._idle_gauge.set(max(0, self.pool_size - self.active))
-
-
-def _error(kind: str, message: str, retryable: bool, task: TaskMessage) -> ErrorInfo:
-    return ErrorInfo(type=kind, message=message[:4000], retryable=retryable, stage=task.stage)
 
 
 async def _quietly(awaitable: Awaitable[Any]) -> None:
