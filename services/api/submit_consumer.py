@@ -10,7 +10,6 @@ re-sent message never creates a second task.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 from typing import Any
 
@@ -23,6 +22,7 @@ from services.api.http import JSON_OPTIONS
 from services.api.submission_checks import SubmissionChecks
 from services.api.views import task_created_view
 from shared import metrics
+from shared.amqp.consumer import QueueConsumer, quietly
 from shared.amqp.dead_letter import dead_letter_headers
 from shared.amqp.publisher import Publisher
 from shared.errors import FieldError, InvalidRequest, TaskManagerError, Unavailable
@@ -59,12 +59,10 @@ class SubmitConsumer:
         self._publisher = publisher
         self._registry = registry
         self._limits = limits
-        self._tag: str | None = None
+        self._consumer = QueueConsumer(self._on_message, what=SUBMIT_QUEUE, prefetch=PREFETCH)
 
     async def start(self) -> None:
-        await self._channel.set_qos(prefetch_count=PREFETCH)
-        queue = await declare_queue(self._channel, self._topology, SUBMIT_QUEUE)
-        self._tag = await queue.consume(self._on_message)
+        await self._consumer.start_on(self._channel, lambda ch: declare_queue(ch, self._topology, SUBMIT_QUEUE))
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         try:
@@ -72,7 +70,7 @@ class SubmitConsumer:
         except Exception:  # noqa: BLE001 - never let one message stop the consumer
             logger.exception("tm.submit: unexpected error; message requeued")
             await asyncio.sleep(UNAVAILABLE_PAUSE_SECONDS)
-            await _settle(message.nack(requeue=True))
+            await quietly(message.nack(requeue=True))
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         try:
@@ -103,7 +101,7 @@ class SubmitConsumer:
         if isinstance(result, Unavailable):
             # Not the message's fault: keep it and try again shortly.
             await asyncio.sleep(UNAVAILABLE_PAUSE_SECONDS)
-            await _settle(message.nack(requeue=True))
+            await quietly(message.nack(requeue=True))
             return
         if isinstance(result, TaskManagerError):
             await self._refuse(message, result)
@@ -137,9 +135,3 @@ class SubmitConsumer:
             await self._publisher.reply(message.reply_to, message.correlation_id, orjson.dumps(body, option=JSON_OPTIONS))
         except Unavailable:
             logger.warning("tm.submit: could not deliver the reply to {}", message.reply_to)
-
-
-async def _settle(awaitable: Any) -> None:
-    # Any failure means the channel is gone; the broker requeues on its own.
-    with contextlib.suppress(Exception):
-        await awaitable

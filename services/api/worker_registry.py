@@ -19,6 +19,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from loguru import logger
 
 from shared import metrics
+from shared.amqp.consumer import QueueConsumer
 from shared.errors import PoisonMessage
 from shared.messages import WorkerHeartbeat, parse_heartbeat, utcnow
 from shared.topology import EVENTS_EXCHANGE, WORKER_EVENTS_PATTERN, declare_exclusive_queue
@@ -44,12 +45,12 @@ class WorkerRegistry:
         self._clock = clock
         self._workers: dict[str, Sighting] = {}
         self._stages_seen: set[str] = set()
+        self._consumer = QueueConsumer(self._on_message, what="worker heartbeats", no_ack=True)
 
     async def listen(self, connection: AbstractRobustConnection) -> None:
         """Bind an exclusive queue to `worker.#` (restored with the connection)."""
-        channel = await connection.channel()
-        queue = await declare_exclusive_queue(channel, EVENTS_EXCHANGE, WORKER_EVENTS_PATTERN)
-        await queue.consume(self._on_message, no_ack=True)
+        await self._consumer.start(
+            connection, lambda ch: declare_exclusive_queue(ch, EVENTS_EXCHANGE, WORKER_EVENTS_PATTERN))
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         try:

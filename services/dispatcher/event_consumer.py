@@ -9,24 +9,20 @@ import contextlib
 from collections.abc import Callable
 
 import backoff
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractIncomingMessage,
-    AbstractQueue,
-    AbstractRobustConnection,
-)
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from backoff.types import Details
 from loguru import logger
 
 from services.dispatcher.state_fold import fold
 from services.dispatcher.state_writer import Ended, TaskStateWriter
 from shared import metrics
+from shared.amqp.consumer import QueueConsumer
 from shared.amqp.dead_letter import dead_letter_headers
 from shared.amqp.publisher import Publisher
 from shared.db.errors import DB_ERRORS
 from shared.errors import PoisonMessage, Unavailable
 from shared.messages import EVENT_STATUS, CancelTask, TaskEvent, parse_task_event, utcnow
-from shared.runtime import bounded, stop_task
+from shared.runtime import stop_task
 from shared.settings import DispatcherSettings
 from shared.status import TaskStatus
 from shared.topology import DISPATCHER_EVENTS_QUEUE, Topology, declare_queue
@@ -48,28 +44,22 @@ class EventConsumer:
         self._on_callbacks_queued = on_callbacks_queued
         self._buffer: list[AbstractIncomingMessage] = []
         self._wakeup = asyncio.Event()
-        self._channel: AbstractChannel | None = None
-        self._queue: AbstractQueue | None = None
-        self._tag: str | None = None
+        self._consumer = QueueConsumer(self._on_message, what=DISPATCHER_EVENTS_QUEUE,
+                                       prefetch=self._batch_max * 2)
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         self.database_healthy = True
 
     async def start(self, connection: AbstractRobustConnection, topology: Topology) -> None:
-        self._channel = await connection.channel()
-        await self._channel.set_qos(prefetch_count=self._batch_max * 2)
-        self._queue = await declare_queue(self._channel, topology, DISPATCHER_EVENTS_QUEUE)
-        self._tag = await self._queue.consume(self._on_message)
+        await self._consumer.start(connection, lambda ch: declare_queue(ch, topology, DISPATCHER_EVENTS_QUEUE))
         self._loop_task = asyncio.create_task(self._run(), name="event-batches")
 
     async def stop(self) -> None:
         """Stop consuming, finish the batch being written, leave the rest unacked."""
         self._stopping = True
-        if self._queue is not None and self._tag is not None:
-            await bounded(self._queue.cancel(self._tag), "cancelling the event consumer")
+        await self._consumer.cancel()
         await stop_task(self._loop_task, "the event batch loop")
-        if self._channel is not None:
-            await bounded(self._channel.close(), "closing the event channel")
+        await self._consumer.close()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         # aio-pika runs every consumer callback as a task; a plain function would only be wrapped

@@ -4,15 +4,15 @@ recently, so a worker that starts after a cancel still skips those tasks."""
 
 from __future__ import annotations
 
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from loguru import logger
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.amqp.publisher import Publisher
+from shared.amqp.rpc import RpcServer
 from shared.errors import Unavailable
 from shared.messages import CancelledTasksQuery, CancelledTasksReply
-from shared.runtime import bounded
 from shared.topology import DISPATCHER_RPC_QUEUE, Topology, declare_queue
 
 MAX_IDS = 100_000
@@ -28,36 +28,31 @@ class DispatcherRpc:
     def __init__(self, engine: AsyncEngine, publisher: Publisher) -> None:
         self._engine = engine
         self._publisher = publisher
-        self._channel: AbstractChannel | None = None
+        self._server = RpcServer(self._answer, what=DISPATCHER_RPC_QUEUE, prefetch=4, reply=self._reply)
 
     async def start(self, connection: AbstractRobustConnection, topology: Topology) -> None:
-        self._channel = await connection.channel()
-        await self._channel.set_qos(prefetch_count=4)
-        queue = await declare_queue(self._channel, topology, DISPATCHER_RPC_QUEUE)
-        await queue.consume(self._on_request)
+        await self._server.start(connection, lambda ch: declare_queue(ch, topology, DISPATCHER_RPC_QUEUE))
 
     async def stop(self) -> None:
-        if self._channel is not None:
-            await bounded(self._channel.close(), "closing the rpc channel")
+        await self._server.stop()
 
-    async def _on_request(self, message: AbstractIncomingMessage) -> None:
-        async with message.process(requeue=False, ignore_processed=True):
-            if not message.reply_to:
-                return
-            try:
-                query = CancelledTasksQuery.model_validate_json(message.body)
-            except ValueError as exc:
-                logger.warning("ignored an invalid rpc request: {}", exc)
-                return
-            try:
-                async with self._engine.connect() as conn:
-                    rows = await conn.execute(_CANCELLED, {"within": query.within_seconds, "limit": MAX_IDS})
-                    ids = [r.id for r in rows]
-            except Exception as exc:  # noqa: BLE001 - the asker times out and carries on
-                logger.warning("could not answer which tasks are cancelled: {}", exc)
-                return
-            reply = CancelledTasksReply(task_ids=ids).model_dump_json().encode()
-            try:
-                await self._publisher.reply(message.reply_to, message.correlation_id, reply)
-            except Unavailable:
-                logger.warning("could not deliver the cancelled-tasks answer")
+    async def _answer(self, message: AbstractIncomingMessage) -> bytes | None:
+        try:
+            query = CancelledTasksQuery.model_validate_json(message.body)
+        except ValueError as exc:
+            logger.warning("ignored an invalid rpc request: {}", exc)
+            return None
+        try:
+            async with self._engine.connect() as conn:
+                rows = await conn.execute(_CANCELLED, {"within": query.within_seconds, "limit": MAX_IDS})
+                ids = [r.id for r in rows]
+        except Exception as exc:  # noqa: BLE001 - the asker times out and carries on
+            logger.warning("could not answer which tasks are cancelled: {}", exc)
+            return None
+        return CancelledTasksReply(task_ids=ids).model_dump_json().encode()
+
+    async def _reply(self, reply_to: str, correlation_id: str | None, body: bytes) -> None:
+        try:
+            await self._publisher.reply(reply_to, correlation_id, body)
+        except Unavailable:
+            logger.warning("could not deliver the cancelled-tasks answer")

@@ -9,10 +9,11 @@ from collections import OrderedDict
 from collections.abc import Awaitable
 from typing import TypeVar
 
-import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from loguru import logger
 
+from shared.amqp.consumer import QueueConsumer
+from shared.amqp.rpc import RpcClient
 from shared.errors import PoisonMessage
 from shared.messages import CancelledTasksQuery, CancelledTasksReply, parse_control
 from shared.topology import CONTROL_EXCHANGE, DISPATCHER_RPC_QUEUE, declare_exclusive_queue
@@ -32,43 +33,37 @@ class CancellationRegistry:
         self._requested: set[str] = set()
         self._remember_seconds = remember_seconds
         self._max_remembered = max_remembered
+        self._control = QueueConsumer(self._on_control, what=CONTROL_EXCHANGE, no_ack=True)
 
     async def listen(self, connection: AbstractRobustConnection) -> None:
         """Bind an exclusive queue to tm.control (restored with the connection)."""
-        channel = await connection.channel()
-        queue = await declare_exclusive_queue(channel, CONTROL_EXCHANGE)
-        await queue.consume(self._on_control, no_ack=True)
+        await self._control.start(connection, lambda ch: declare_exclusive_queue(ch, CONTROL_EXCHANGE))
 
     async def sync(self, connection: AbstractRobustConnection, *, wait_seconds: float) -> None:
         """Ask the dispatcher which tasks were cancelled while this worker was not
         listening. Waits up to `wait_seconds`; a later answer is still applied."""
-        channel = await connection.channel()
-        replies = await channel.declare_queue(exclusive=True, auto_delete=True)
-        answered = asyncio.Event()
+        client = RpcClient(what="cancelled-tasks replies")
+        await client.start(connection)
+        answer = await client.request(DISPATCHER_RPC_QUEUE, CancelledTasksQuery().model_dump_json().encode(),
+                                      CancelledTasksReply.model_validate_json, expiration=10)
 
-        async def on_reply(message: AbstractIncomingMessage) -> None:
-            try:
-                reply = CancelledTasksReply.model_validate_json(message.body)
-            except ValueError:
+        def apply(answer: asyncio.Future[CancelledTasksReply]) -> None:
+            if answer.cancelled():
                 return
+            reply = answer.result()
             for task_id in reply.task_ids:
                 self._remember(task_id)
             logger.info("{} recently cancelled task(s) will be skipped", len(reply.task_ids))
-            answered.set()
-            await channel.close()
 
-        await replies.consume(on_reply, no_ack=True)
-        await channel.default_exchange.publish(
-            aio_pika.Message(CancelledTasksQuery().model_dump_json().encode(), reply_to=replies.name,
-                             content_type="application/json", expiration=10),
-            routing_key=DISPATCHER_RPC_QUEUE,
-        )
+        answer.add_done_callback(apply)
         try:
-            await asyncio.wait_for(answered.wait(), wait_seconds)
+            await asyncio.wait_for(asyncio.shield(answer), wait_seconds)
         except TimeoutError:
             logger.warning("the dispatcher did not say which tasks are cancelled within {}s; "
                            "starting anyway (it re-sends cancels for tasks that start)", wait_seconds)
-            asyncio.get_running_loop().call_later(LATE_ANSWER_SECONDS, lambda: asyncio.ensure_future(channel.close()))
+            asyncio.get_running_loop().call_later(LATE_ANSWER_SECONDS, lambda: asyncio.ensure_future(client.close()))
+            return
+        await client.close()
 
     async def _on_control(self, message: AbstractIncomingMessage) -> None:
         try:

@@ -14,8 +14,6 @@ For each delivery of `tm.stage.<stage>`:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Awaitable
 from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
@@ -34,7 +32,7 @@ from services.worker.retry_policy import RetryPolicy
 from services.worker.stages.base import StageHandler
 from services.worker.step_publisher import StepPublisher
 from shared.amqp import headers as h
-from shared.amqp.consumer import QueueConsumer
+from shared.amqp.consumer import QueueConsumer, quietly
 from shared.amqp.publisher import Publisher
 from shared.errors import PoisonMessage
 from shared.messages import TaskMessage, utcnow
@@ -118,11 +116,11 @@ class StageWorker:
                 await self._process(message)
             except asyncio.CancelledError:
                 # Shutdown: give the message back so another worker takes it.
-                await _quietly(message.nack(requeue=True))
+                await quietly(message.nack(requeue=True))
             except Exception:  # noqa: BLE001 - a consumer never dies on one message
                 logger.exception("unexpected error handling a delivery; requeueing it")
                 await asyncio.sleep(1)
-                await _quietly(message.nack(requeue=True))
+                await quietly(message.nack(requeue=True))
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
         headers = dict(message.headers or {})
@@ -189,9 +187,3 @@ class StageWorker:
     async def _dead_letter_poison(self, message: AbstractIncomingMessage, headers: dict[str, Any], reason: str) -> None:
         logger.error("dead-lettering a message that cannot be processed: {}", reason)
         await self._settle(message, poison_steps(message.body, headers, reason, stage=self.stage, now=utcnow()))
-
-
-async def _quietly(awaitable: Awaitable[Any]) -> None:
-    with contextlib.suppress(Exception):
-        await awaitable
-

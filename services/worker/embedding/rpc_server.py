@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import contextlib
 
-import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from loguru import logger
 
 from services.worker.embedding.base import Embedder
 from shared import metrics
 from shared.amqp.connection import connect
+from shared.amqp.rpc import RpcServer
 from shared.embedding_rpc import EmbedReply, EmbedRequest
 from shared.errors import PoisonMessage, TaskError
 from shared.settings import AmqpSettings
@@ -29,14 +29,11 @@ class EmbedRpcServer:
         self._amqp = amqp
         self._embedder = embedder
         self._connection: AbstractRobustConnection | None = None
-        self._channel: AbstractChannel | None = None
+        self._server = RpcServer(self._answer, what=EMBED_RPC_QUEUE, prefetch=PREFETCH)
 
     async def start(self) -> None:
         self._connection = await connect(self._amqp, name="embed-rpc")
-        self._channel = await self._connection.channel()
-        await self._channel.set_qos(prefetch_count=PREFETCH)
-        queue = await self._channel.get_queue(EMBED_RPC_QUEUE, ensure=True)
-        await queue.consume(self._on_request)
+        await self._server.start(self._connection, lambda ch: ch.get_queue(EMBED_RPC_QUEUE, ensure=True))
         logger.info("answering query embeddings on {}", EMBED_RPC_QUEUE)
 
     async def close(self) -> None:
@@ -44,25 +41,17 @@ class EmbedRpcServer:
             with contextlib.suppress(Exception):
                 await self._connection.close()
 
-    async def _on_request(self, message: AbstractIncomingMessage) -> None:
-        async with message.process(requeue=False, ignore_processed=True):
-            if not message.reply_to:
-                return
-            try:
-                request = EmbedRequest.parse(message.body)
-                batch = await self._embedder.embed(request.texts)
-                reply = EmbedReply(ok=True, backend=self._embedder.backend, model=self._embedder.cache_key,
-                                   dimension=len(batch.vectors[0]), vectors=batch.vectors)
-                metrics.embedding_texts_total.labels(self._embedder.backend, self._embedder.model, "query").inc(
-                    len(request.texts))
-            except (PoisonMessage, TaskError) as exc:
-                reply = EmbedReply(ok=False, error=exc.message)
-            except Exception as exc:  # noqa: BLE001 - the caller gets an answer, the consumer lives on
-                logger.opt(exception=exc).warning("query embedding failed")
-                reply = EmbedReply(ok=False, error=f"{type(exc).__name__}: {exc}")
-            assert self._channel is not None
-            await self._channel.default_exchange.publish(
-                aio_pika.Message(reply.model_dump_json().encode(), correlation_id=message.correlation_id,
-                                 content_type="application/json"),
-                routing_key=message.reply_to,
-            )
+    async def _answer(self, message: AbstractIncomingMessage) -> bytes:
+        try:
+            request = EmbedRequest.parse(message.body)
+            batch = await self._embedder.embed(request.texts)
+            reply = EmbedReply(ok=True, backend=self._embedder.backend, model=self._embedder.cache_key,
+                               dimension=len(batch.vectors[0]), vectors=batch.vectors)
+            metrics.embedding_texts_total.labels(self._embedder.backend, self._embedder.model, "query").inc(
+                len(request.texts))
+        except (PoisonMessage, TaskError) as exc:
+            reply = EmbedReply(ok=False, error=exc.message)
+        except Exception as exc:  # noqa: BLE001 - the caller gets an answer, the consumer lives on
+            logger.opt(exception=exc).warning("query embedding failed")
+            reply = EmbedReply(ok=False, error=f"{type(exc).__name__}: {exc}")
+        return reply.model_dump_json().encode()

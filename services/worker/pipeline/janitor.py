@@ -14,11 +14,17 @@ import contextlib
 from datetime import timedelta
 
 import asyncpg
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
 from loguru import logger
 
 from services.worker.pipeline import staging
 from shared.amqp.connection import connect
+from shared.amqp.consumer import QueueConsumer
 from shared.errors import PoisonMessage
 from shared.messages import parse_task_event
 from shared.runtime import stop_task
@@ -35,14 +41,11 @@ class StagingJanitor:
         self._pool = pool
         self._connection: AbstractRobustConnection | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._consumer = QueueConsumer(self._on_event, what="failed and cancelled task events", no_ack=True)
 
     async def start(self) -> None:
         self._connection = await connect(self._settings.amqp, name="staging-janitor")
-        channel = await self._connection.channel()
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        for key in ("task.failed", "task.cancelled"):
-            await queue.bind(EVENTS_EXCHANGE, routing_key=key)
-        await queue.consume(self._on_event, no_ack=True)
+        await self._consumer.start(self._connection, _ended_events_queue)
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def close(self) -> None:
@@ -84,3 +87,10 @@ class StagingJanitor:
             except (asyncpg.PostgresError, OSError) as exc:
                 logger.warning("staging sweep failed: {}", exc)
             await asyncio.sleep(SWEEP_SECONDS)
+
+
+async def _ended_events_queue(channel: AbstractChannel) -> AbstractQueue:
+    queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+    for key in ("task.failed", "task.cancelled"):
+        await queue.bind(EVENTS_EXCHANGE, routing_key=key)
+    return queue
