@@ -35,6 +35,10 @@ class RpcServer:
         self._reply = reply or self._reply_on_channel
         self._consumer = QueueConsumer(self._on_request, what=what, prefetch=prefetch)
 
+    @property
+    def queue_name(self) -> str:
+        return self._consumer.queue.name
+
     async def start(self, connection: AbstractRobustConnection, declare: Declare) -> None:
         await self._consumer.start(connection, declare)
 
