@@ -261,6 +261,8 @@ class CallbackSettings(BaseSettings):
     kb_callback_url: str | None = Field(default=None, alias="KB_CALLBACK_URL")
     # Several secrets separated by spaces sign with each (rotation).
     callback_secret: SecretStr | None = Field(default=None, alias="CALLBACK_SECRET")
+    # Read when CALLBACK_SECRET is unset; `taskmgr bootstrap` generates it if missing.
+    callback_secret_file: Path | None = Field(default=None, alias="CALLBACK_SECRET_FILE")
     timeout_seconds: float = Field(default=15, alias="CALLBACK_TIMEOUT", gt=0)
     max_attempts: int = Field(default=12, alias="CALLBACK_MAX_ATTEMPTS", ge=1)
     backoff_base_seconds: float = Field(default=1.0, alias="CALLBACK_BACKOFF_BASE", gt=0)
@@ -297,9 +299,11 @@ class CallbackSettings(BaseSettings):
         return hosts
 
     def secrets(self) -> list[str]:
-        if self.callback_secret is None:
-            return []
-        return self.callback_secret.get_secret_value().split()
+        if self.callback_secret is not None:
+            return self.callback_secret.get_secret_value().split()
+        if self.callback_secret_file is not None and self.callback_secret_file.is_file():
+            return self.callback_secret_file.read_text().split()
+        return []
 
 
 def _default_upload_roots() -> list[Path]:
@@ -463,4 +467,5 @@ class Settings(BaseModel):
                 value = getattr(group, field_name)
                 if isinstance(value, SecretStr):
                     found.append(value.get_secret_value())
+        found.extend(self.callbacks.secrets())  # also those read from CALLBACK_SECRET_FILE
         return found
