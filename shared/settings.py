@@ -17,6 +17,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.task_limits import STOCK_MAX_TASK_TIMEOUT, TIMEOUT_SECONDS_CEILING
+
 # env_ignore_empty: `KB_CALLBACK_URL=` (as docker-compose writes an unset
 # `${VAR:-}`) means "not set", not an empty URL.
 _ENV = SettingsConfigDict(
@@ -212,9 +214,10 @@ class ApiSettings(BaseSettings):
     max_batch_size: int = Field(default=500, alias="MAX_BATCH_SIZE", ge=1)
     max_page_size: int = Field(default=200, alias="MAX_PAGE_SIZE", ge=1)
     max_retry_limit: int = Field(default=20, alias="MAX_RETRY_LIMIT", ge=0)
-    # RabbitMQ closes a channel holding a message unacked past consumer_timeout
-    # (30 min by default in 3.10): attempts must end before that, with margin.
-    max_task_timeout_seconds: float = Field(default=1740, alias="MAX_TASK_TIMEOUT", gt=0)
+    # RabbitMQ closes a channel holding a message unacked past consumer_timeout: attempts
+    # must end before it. Default: what a stock broker allows (docs/task-length-limits.md).
+    max_task_timeout_seconds: float = Field(default=STOCK_MAX_TASK_TIMEOUT, alias="MAX_TASK_TIMEOUT", gt=0,
+                                            le=TIMEOUT_SECONDS_CEILING)
 
 
 def _split_list(value: object) -> object:
