@@ -89,11 +89,31 @@ class AmqpSettings(BaseSettings):
     def uses_tls(self) -> bool:
         return self.url.get_secret_value().startswith("amqps://")
 
+    def node_urls(self) -> list[str]:
+        """One URL per RabbitMQ node: AMQP_URL may list a cluster's nodes,
+        amqp://user:pass@host1:5672,host2:5672,host3:5672/vhost (tried in that order)."""
+        urls = []
+        for url in _split_nodes(self.url.get_secret_value()):
+            if "heartbeat=" not in url:
+                url = f"{url}{'&' if '?' in url else '?'}heartbeat={self.heartbeat_seconds}"
+            urls.append(url)
+        return urls
+
     def connection_url(self) -> str:
-        url = self.url.get_secret_value()
-        if "heartbeat=" in url:
-            return url
-        return f"{url}{'&' if '?' in url else '?'}heartbeat={self.heartbeat_seconds}"
+        """The first node's URL (one-shot tools; processes use node_urls())."""
+        return self.node_urls()[0]
+
+
+def _split_nodes(url: str) -> list[str]:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    nodes = hosts.split(",")
+    if len(nodes) > 1 and not all(node.strip() for node in nodes):
+        # Not a pydantic validator: its error would echo the URL, password included.
+        raise ValueError("AMQP_URL lists an empty host: write amqp://user:pass@host1:5672,host2:5672/vhost")
+    return [urlunsplit(parts._replace(netloc=f"{userinfo}{at}{node.strip()}")) for node in nodes]
 
 
 def _default_local_data_dir() -> Path:
