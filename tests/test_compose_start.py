@@ -155,7 +155,10 @@ async def test_every_compose_service_starts_with_its_own_environment_and_runs_a_
         assert status == 401, "production requires a key"
         task = await api.submit({"task_type": "test", "payload": {"message": "hello"}})
         done = await api.wait_for(task["task_id"], timeout=120)
-    assert done["status"] == "completed", (done, host.logs())
+        assert done["status"] == "completed", (done, host.logs())
+        # The api's own RabbitMQ user reads the management API (tag `management`).
+        status, stats = await api.call("GET", "/api/v1/stats/queues")
+    assert status == 200 and stats["source"] == "management", stats
 
     # Running the bootstrap again (every `docker compose up`) keeps what exists.
     again = await asyncio.to_thread(host.run_one_off, services["bootstrap"])
