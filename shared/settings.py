@@ -17,6 +17,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.task_limits import STOCK_MAX_TASK_TIMEOUT, TIMEOUT_SECONDS_CEILING
+
 # env_ignore_empty: `KB_CALLBACK_URL=` (as docker-compose writes an unset
 # `${VAR:-}`) means "not set", not an empty URL.
 _ENV = SettingsConfigDict(
@@ -94,11 +96,31 @@ class AmqpSettings(BaseSettings):
     def uses_tls(self) -> bool:
         return self.url.get_secret_value().startswith("amqps://")
 
+    def node_urls(self) -> list[str]:
+        """One URL per RabbitMQ node: AMQP_URL may list a cluster's nodes,
+        amqp://user:pass@host1:5672,host2:5672,host3:5672/vhost (tried in that order)."""
+        urls = []
+        for url in _split_nodes(self.url.get_secret_value()):
+            if "heartbeat=" not in url:
+                url = f"{url}{'&' if '?' in url else '?'}heartbeat={self.heartbeat_seconds}"
+            urls.append(url)
+        return urls
+
     def connection_url(self) -> str:
-        url = self.url.get_secret_value()
-        if "heartbeat=" in url:
-            return url
-        return f"{url}{'&' if '?' in url else '?'}heartbeat={self.heartbeat_seconds}"
+        """The first node's URL (one-shot tools; processes use node_urls())."""
+        return self.node_urls()[0]
+
+
+def _split_nodes(url: str) -> list[str]:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    nodes = hosts.split(",")
+    if len(nodes) > 1 and not all(node.strip() for node in nodes):
+        # Not a pydantic validator: its error would echo the URL, password included.
+        raise ValueError("AMQP_URL lists an empty host: write amqp://user:pass@host1:5672,host2:5672/vhost")
+    return [urlunsplit(parts._replace(netloc=f"{userinfo}{at}{node.strip()}")) for node in nodes]
 
 
 def _default_local_data_dir() -> Path:
@@ -219,9 +241,10 @@ class ApiSettings(BaseSettings):
     max_batch_size: int = Field(default=500, alias="MAX_BATCH_SIZE", ge=1)
     max_page_size: int = Field(default=200, alias="MAX_PAGE_SIZE", ge=1)
     max_retry_limit: int = Field(default=20, alias="MAX_RETRY_LIMIT", ge=0)
-    # RabbitMQ closes a channel holding a message unacked past consumer_timeout
-    # (30 min by default in 3.10): attempts must end before that, with margin.
-    max_task_timeout_seconds: float = Field(default=1740, alias="MAX_TASK_TIMEOUT", gt=0)
+    # RabbitMQ closes a channel holding a message unacked past consumer_timeout: attempts
+    # must end before it. Default: what a stock broker allows (docs/task-length-limits.md).
+    max_task_timeout_seconds: float = Field(default=STOCK_MAX_TASK_TIMEOUT, alias="MAX_TASK_TIMEOUT", gt=0,
+                                            le=TIMEOUT_SECONDS_CEILING)
     # aiohttp closes a connection that completed no request in this long: an idle keep-alive,
     # and also one still sending its headers (a request starts only once they are complete).
     keepalive_timeout_seconds: float = Field(default=15, alias="API_KEEPALIVE_TIMEOUT", gt=0)
@@ -276,6 +299,8 @@ class CallbackSettings(BaseSettings):
     kb_callback_url: str | None = Field(default=None, alias="KB_CALLBACK_URL")
     # Several secrets separated by spaces sign with each (rotation).
     callback_secret: SecretStr | None = Field(default=None, alias="CALLBACK_SECRET")
+    # Read when CALLBACK_SECRET is unset; `taskmgr bootstrap` generates it if missing.
+    callback_secret_file: Path | None = Field(default=None, alias="CALLBACK_SECRET_FILE")
     timeout_seconds: float = Field(default=15, alias="CALLBACK_TIMEOUT", gt=0)
     max_attempts: int = Field(default=12, alias="CALLBACK_MAX_ATTEMPTS", ge=1)
     backoff_base_seconds: float = Field(default=1.0, alias="CALLBACK_BACKOFF_BASE", gt=0)
@@ -312,9 +337,11 @@ class CallbackSettings(BaseSettings):
         return hosts
 
     def secrets(self) -> list[str]:
-        if self.callback_secret is None:
-            return []
-        return self.callback_secret.get_secret_value().split()
+        if self.callback_secret is not None:
+            return self.callback_secret.get_secret_value().split()
+        if self.callback_secret_file is not None and self.callback_secret_file.is_file():
+            return self.callback_secret_file.read_text().split()
+        return []
 
 
 def _default_upload_roots() -> list[Path]:
@@ -483,4 +510,5 @@ class Settings(BaseModel):
                 value = getattr(group, field_name)
                 if isinstance(value, SecretStr):
                     found.append(value.get_secret_value())
+        found.extend(self.callbacks.secrets())  # also those read from CALLBACK_SECRET_FILE
         return found

@@ -19,6 +19,7 @@ from shared.errors import FieldError, InvalidRequest
 from shared.json_limits import check_json_shape
 from shared.json_types import JsonFloat, json_int
 from shared.status import Priority
+from shared.task_limits import STOCK_MAX_TASK_TIMEOUT, TIMEOUT_SECONDS_CEILING
 from shared.task_types import TaskType, TaskTypeRegistry
 from shared.task_types.base import REVEAL_SECRETS
 
@@ -42,9 +43,8 @@ SERVER_OWNED_FIELDS = frozenset(
     }
 )
 
-# The schema's ceiling for timeout_seconds; MAX_TASK_TIMEOUT (default 1740 s, under
-# RabbitMQ's default consumer_timeout) is the operative limit below it.
-TIMEOUT_SECONDS_CEILING = 86_400
+# TIMEOUT_SECONDS_CEILING bounds timeout_seconds in the schema; MAX_TASK_TIMEOUT is the
+# operative limit below it (shared/task_limits.py, docs/task-length-limits.md).
 
 KB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
 # Visible ASCII only, wherever a key comes from (header, batch item, message_id): a CR or
@@ -89,7 +89,7 @@ class BatchItem(TaskRequest):
 class RequestLimits:
     default_retry_limit: int
     max_retry_limit: int
-    max_timeout_seconds: float = 1740.0
+    max_timeout_seconds: float = STOCK_MAX_TASK_TIMEOUT
 
 
 @dataclass(frozen=True)

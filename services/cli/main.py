@@ -8,6 +8,7 @@ import asyncio
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -61,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     topology = sub.add_parser("topology", help="declare the AMQP topology and verify it")
     topology.add_argument("--verify-only", action="store_true", help="only check that everything exists")
     topology.set_defaults(func=cmd_topology)
+
+    bootstrap = sub.add_parser("bootstrap", help="generate the callback secret and the first API key if missing")
+    bootstrap.add_argument("--api-key-file", type=Path, help="where a generated first API key is written (0600)")
+    bootstrap.set_defaults(func=cmd_bootstrap)
 
     db = sub.add_parser("db", help="the local PostgreSQL used when POSTGRES_HOST is not set")
     db.add_argument("action", choices=["start", "stop", "status"])
@@ -189,6 +194,13 @@ async def _topology(settings: Settings, *, verify_only: bool) -> int:
     for name, ready in depths.items():
         print(f"  {name:<28} {ready:>8} ready")
     return 0
+
+
+def cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
+    from services.cli.bootstrap import run_bootstrap
+
+    _ensure_postgres(settings)
+    return asyncio.run(run_bootstrap(args, settings))
 
 
 def cmd_db(args: argparse.Namespace, settings: Settings) -> int:

@@ -54,6 +54,7 @@ from shared.runtime import bounded
 from shared.settings import RetrySettings, WorkerSettings
 from shared.task_files import TaskFiles
 from shared.task_identity import recover_identity
+from shared.task_limits import OUTCOME_PUBLISH_MAX_SECONDS
 from shared.topology import TASKS_EXCHANGE, Topology, declare_queue, stage_queue
 
 
@@ -75,10 +76,8 @@ class Cancelled:
 Outcome = Succeeded | Failed | Cancelled
 Step = Callable[[], Awaitable[None]]
 
-# How long a worker keeps retrying the publishes of an outcome (the broker
-# refusing them) while still holding the delivery; RabbitMQ's consumer_timeout
-# must exceed the longest attempt plus this.
-OUTCOME_PUBLISH_MAX_SECONDS = 300
+# OUTCOME_PUBLISH_MAX_SECONDS: how long a worker keeps retrying the publishes of an
+# outcome while still holding the delivery (shared/task_limits.py ties it to consumer_timeout).
 
 
 class StageWorker:
