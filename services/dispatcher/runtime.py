@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from services.dispatcher.callbacks import CallbackSender
 from services.dispatcher.event_consumer import EventConsumer
+from services.dispatcher.releases import ReleasePublisher
 from services.dispatcher.rpc import DispatcherRpc
 from services.dispatcher.state_writer import TaskStateWriter
 from shared.amqp.connection import connect
@@ -40,8 +41,9 @@ async def run_dispatcher(settings: Settings, registry: TaskTypeRegistry | None =
     session = aiohttp.ClientSession(connector=guarded_connector(policy), trust_env=False)
 
     callbacks = CallbackSender(engine, settings.callbacks, session, policy)
+    releases = ReleasePublisher(engine, publisher, context_max_bytes=settings.dispatcher.dependency_context_max_bytes)
     consumer = EventConsumer(
-        TaskStateWriter(engine, default_callback_url=settings.callbacks.kb_callback_url),
+        TaskStateWriter(engine, default_callback_url=settings.callbacks.kb_callback_url, on_released=releases.wake),
         publisher,
         settings.dispatcher,
         on_callbacks_queued=callbacks.wake,
@@ -65,6 +67,7 @@ async def run_dispatcher(settings: Settings, registry: TaskTypeRegistry | None =
     await consumer.start(connection, topology)
     await rpc.start(connection, topology)
     callbacks.start()
+    releases.start()
     logger.info("dispatcher ready")
     await stop.wait()
 
@@ -72,6 +75,7 @@ async def run_dispatcher(settings: Settings, registry: TaskTypeRegistry | None =
     await consumer.stop()
     await rpc.stop()
     await callbacks.stop()
+    await releases.stop()
     await session.close()
     if ops is not None:
         await ops.cleanup()

@@ -3,12 +3,13 @@
 The batch travels as one JSON parameter (`jsonb_to_recordset`), is upserted
 under the monotonic rules of `state_fold.py`, and the callback outbox rows for
 tasks that just ended are inserted by the same statement, so a callback exists
-exactly when its terminal state committed.
+exactly when its terminal state committed. A batch that ends tasks also settles
+their dependants in the same transaction (`dependencies.py`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,10 +17,11 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from services.dispatcher import dependencies
 from services.dispatcher.state_fold import TaskDelta
 from shared.status import TaskStatus
 
-_RANK = "CASE {} WHEN 'queued' THEN 0 WHEN 'processing' THEN 1 ELSE 2 END"
+_RANK = "CASE {} WHEN 'waiting' THEN -1 WHEN 'queued' THEN 0 WHEN 'processing' THEN 1 ELSE 2 END"
 _TERMINAL = "('completed', 'failed', 'cancelled')"
 _RECORD = """
     id uuid, run int, task_type text, kb_id text, status text, progress int, stage text, attempts int,
@@ -47,6 +49,8 @@ WITH d AS (
     SELECT id, run, task_type, kb_id, 0, status, progress, stage, attempts, error, result,
            started_at, finished_at, estimated_completion, next_attempt_at, at, at
     FROM d
+    -- Rows in id order: admission locks parents in the same order (no deadlock).
+    ORDER BY id
     ON CONFLICT (id) DO UPDATE SET
         status = CASE WHEN {_RANK.format("EXCLUDED.status")} > {_RANK.format("t.status")}
                       THEN EXCLUDED.status ELSE t.status END,
@@ -99,8 +103,11 @@ class Ended:
 
 
 class TaskStateWriter:
-    def __init__(self, engine: AsyncEngine, *, default_callback_url: str | None) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, default_callback_url: str | None, on_released: Callable[[], None] = lambda: None
+    ) -> None:
         self._engine = engine
+        self._on_released = on_released
         # The upsert (with its outbox insert) is one statement, atomic on its own:
         # without a replay to apply first it needs no BEGIN/COMMIT round trips.
         self._single_statements = engine.execution_options(isolation_level="AUTOCOMMIT")
@@ -113,11 +120,20 @@ class TaskStateWriter:
         batch = [_record(d) for d in deltas]
         requeues = [r for r, d in zip(batch, deltas, strict=True) if d.requeued]
         params = {"batch": batch, "default_callback_url": self._default_callback_url}
-        if requeues:
-            async with self._engine.begin() as conn:  # the reset and the upsert commit together
-                await conn.execute(_REQUEUE, {"batch": requeues})
+        if requeues or any(d.status.is_terminal for d in deltas):
+            # The reset, the upsert and the release or cancel of dependants commit together.
+            async with self._engine.begin() as conn:
+                if requeues:
+                    await conn.execute(_REQUEUE, {"batch": requeues})
                 rows = (await conn.execute(_UPSERT, params)).all()
-                return self._outcome(deltas, rows, await self._stale_cancelled(conn, deltas, rows))
+                ended, stale = self._outcome(deltas, rows, await self._stale_cancelled(conn, deltas, rows))
+                settled = await dependencies.settle(
+                    conn, [(e.task_id, e.status) for e in ended], default_callback_url=self._default_callback_url)
+            ended.extend(Ended(c.task_id, TaskStatus.CANCELLED, c.task_type, c.callback_queued)
+                         for c in settled.cancelled)
+            if settled.released:
+                self._on_released()
+            return ended, stale
         async with self._single_statements.connect() as conn:
             rows = (await conn.execute(_UPSERT, params)).all()
             return self._outcome(deltas, rows, await self._stale_cancelled(conn, deltas, rows))
