@@ -8,13 +8,24 @@ import asyncio
 import uuid
 from typing import Any
 
+import aio_pika
 import aiohttp
+import orjson
+from sqlalchemy import text
 
+from services.dispatcher.state_fold import fold
+from services.dispatcher.state_writer import TaskStateWriter
+from shared.db.engine import create_engine
+from shared.messages import parse_task_event
+from shared.security.api_keys import Scope
+from shared.topology import DISPATCHER_EVENTS_QUEUE
 from tests.conftest import FleetFactory
 from tests.support.api import ApiClient
 from tests.support.eventually import eventually
 from tests.support.fleet import Fleet, standard
+from tests.support.keys import bearer, create_key
 from tests.support.metrics import Scrape
+from tests.test_submit_queue import SubmitClient, submitter  # noqa: F401 - the fixture
 
 
 async def _batch(api: ApiClient, items: list[dict[str, Any]]) -> list[str]:
@@ -186,3 +197,89 @@ async def test_a_dispatcher_killed_with_the_parents_completion_pending_releases_
     await asyncio.sleep(1.5)  # a second release, if there were one, would have run by now
     assert await _attempts(fleet, http, "gather") == 1
     assert (await api.get(child["task_id"]))["status"] == "completed"
+
+
+async def test_a_release_committed_by_a_dispatcher_that_died_before_publishing_it_runs_once(
+    fleet_factory: FleetFactory, http: aiohttp.ClientSession
+) -> None:
+    """The other half of the crash window: the parent's completion and the child's
+    release committed (here by the dispatcher's own writer, driven by the test),
+    then the dispatcher died before publishing; its successor publishes it, once."""
+    fleet = await fleet_factory(standard)
+    api = ApiClient(fleet.api_url, http)
+    parent = await api.submit({"task_type": "sleep", "payload": {"seconds": 1}})
+    child = await api.submit({"task_type": "gather", "depends_on": [parent["task_id"]]})
+    await api.wait_for(parent["task_id"], {"processing"}, timeout=10)
+    dispatcher = fleet.process("dispatcher")
+    dispatcher.kill()
+    fleet.processes.remove(dispatcher)
+
+    async def parent_finished_on_the_worker() -> None:
+        assert await _attempts(fleet, http, "sleep") == 1
+    await eventually(parent_finished_on_the_worker, timeout=20)
+
+    # What the dead dispatcher did before dying: fold the pending events, commit, ack.
+    engine = create_engine(fleet.environment.postgres)
+    connection = await aio_pika.connect(fleet.environment.amqp_url)
+    try:
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.get_queue(DISPATCHER_EVENTS_QUEUE, ensure=False)
+            messages = []
+            while (message := await queue.get(fail=False, no_ack=False)) is not None:
+                messages.append(message)
+            events = [parse_task_event(m.body) for m in messages]
+            assert any(e.task_id == parent["task_id"] and e.kind == "completed" for e in events)
+            await TaskStateWriter(engine, default_callback_url=None).apply(fold(events))
+            for message in messages:
+                await message.ack()
+        async with engine.connect() as conn:
+            pending = (await conn.execute(text("SELECT count(*) FROM task_releases"))).scalar_one()
+        assert pending == 1
+    finally:
+        await engine.dispose()
+    assert (await api.get(child["task_id"]))["status"] == "queued"
+
+    await fleet.start(fleet.add_dispatcher())
+    done = await api.wait_for(child["task_id"], timeout=30)
+    assert done["status"] == "completed" and done["result"]["completed"] == 1
+    await asyncio.sleep(1.5)  # a second release, if there were one, would have run by now
+    assert await _attempts(fleet, http, "gather") == 1
+
+
+async def test_another_tenants_parent_is_a_422_exactly_like_an_unknown_one(
+    fleet_factory: FleetFactory, http: aiohttp.ClientSession
+) -> None:
+    secured = {"AUTH_REQUIRED": "true", "API_KEY_CACHE_SECONDS": "0"}
+
+    def configure(fleet: Fleet) -> None:
+        fleet.add_api(**secured)
+        fleet.add_worker(**secured)
+        fleet.add_dispatcher(**secured)
+
+    fleet = await fleet_factory(configure)
+    rw = [Scope.TASKS_READ, Scope.TASKS_WRITE]
+    tenant_a = await create_key(fleet.environment, "a", rw, kb_ids=["kb_a"])
+    tenant_b = await create_key(fleet.environment, "b", rw, kb_ids=["kb_b"])
+    api = ApiClient(fleet.api_url, http)
+    status, theirs = await api.call("POST", "/api/v1/tasks", json={"task_type": "echo", "kb_id": "kb_a"},
+                                    headers=bearer(tenant_a))
+    assert status == 201, theirs
+    status, body = await api.call("POST", "/api/v1/tasks", headers=bearer(tenant_b), json={
+        "task_type": "echo", "kb_id": "kb_b", "depends_on": [theirs["task_id"]]})
+    assert status == 422, body
+    [detail] = body["error"]["details"]
+    assert detail["field"] == "depends_on.0" and theirs["task_id"] in detail["message"]
+    status, mine = await api.call("POST", "/api/v1/tasks", headers=bearer(tenant_a), json={
+        "task_type": "gather", "kb_id": "kb_a", "depends_on": [theirs["task_id"]]})
+    assert status == 201, mine
+
+
+async def test_depends_on_over_tm_submit(submitter: SubmitClient, api: ApiClient) -> None:  # noqa: F811
+    parent = await api.submit({"task_type": "sleep", "payload": {"seconds": 0.2}})
+    reply = await submitter.submit(orjson.dumps({"task_type": "gather", "depends_on": [parent["task_id"]]}))
+    assert reply["ok"] and reply["status"] == "waiting", reply
+    done = await api.wait_for(reply["task_id"])
+    assert done["result"]["completed"] == 1
+    refused = await submitter.submit(orjson.dumps({"task_type": "gather", "depends_on": [str(uuid.uuid4())]}))
+    assert not refused["ok"] and refused["error"]["details"][0]["field"] == "depends_on.0", refused
