@@ -137,7 +137,7 @@ class Admission:
 
     async def _admit(self, items: Sequence[_Owned]) -> list[AdmissionResult]:
         now = utcnow()
-        rows = [_row(valid, key, owner, now) for valid, key, owner in items]
+        rows = [task_row(valid, key, owner, now) for valid, key, owner in items]
         results: list[AdmissionResult | None] = [None] * len(items)
         try:
             async with self._engine.begin() as conn:
@@ -150,14 +150,16 @@ class Admission:
                 new = [i for i, row in enumerate(rows) if results[i] is None and row["id"] in inserted]
                 waiting = [i for i in new if rows[i]["status"] == TaskStatus.WAITING.value]
                 await dependencies.record_waiting(conn, [
-                    (str(rows[i]["id"]), items[i][0], plans[i], _message(items[i][0], rows[i]).model_dump(mode="json"))
+                    (str(rows[i]["id"]), items[i][0], plans[i],
+                     first_stage_message(items[i][0], rows[i]).model_dump(mode="json"))
                     for i in waiting
                 ])
                 for i in waiting:
                     results[i] = Admitted(rows[i], created=True)
                 to_publish = [i for i in new if results[i] is None]
                 outcomes = await asyncio.gather(
-                    *(self._publisher.task(_message(items[i][0], rows[i], plans.get(i))) for i in to_publish),
+                    *(self._publisher.task(first_stage_message(items[i][0], rows[i], plans.get(i)))
+                      for i in to_publish),
                     return_exceptions=True,
                 )
                 refused: set[str] = set()
@@ -190,7 +192,7 @@ def _count(waiting: _Waiting, results: Sequence[AdmissionResult]) -> None:
             metrics.tasks_rejected_total.labels(result.code, waiting.via).inc()
 
 
-def _row(valid: ValidTask, idempotency_key: str | None, owner: str, now: datetime) -> dict[str, object]:
+def task_row(valid: ValidTask, idempotency_key: str | None, owner: str, now: datetime) -> dict[str, object]:
     request = valid.request
     return {
         "id": new_task_id(),
@@ -234,7 +236,9 @@ async def _plan_dependants(
     return plans
 
 
-def _message(valid: ValidTask, row: dict[str, object], plan: dependencies.Plan | None = None) -> TaskMessage:
+def first_stage_message(
+    valid: ValidTask, row: dict[str, object], plan: dependencies.Plan | None = None
+) -> TaskMessage:
     stages = valid.task_type.stages
     return TaskMessage(
         task_id=str(row["id"]),

@@ -35,6 +35,7 @@ from services.api.routes.kbs import routes as kb_routes
 from services.api.routes.stats import routes as stats_routes
 from services.api.routes.tasks import routes as task_routes
 from services.api.routes.uploads import routes as upload_routes
+from services.api.routes.workflows import routes as workflow_routes
 from services.api.schemas import HealthReport
 from services.api.submit_consumer import SubmitConsumer
 from services.api.upload_retention import UploadSweeper, store_root_ready
@@ -117,6 +118,7 @@ def create_app(settings: Settings, registry: TaskTypeRegistry | None = None) -> 
                     web.get("/metrics", documented(METRICS_DOC)(metrics_endpoint))])
     app.add_routes(task_routes)
     app.add_routes(upload_routes)
+    app.add_routes(workflow_routes)
     app.add_routes(dlq_routes)
     app.add_routes(stats_routes)
     app.add_routes(docs_routes)

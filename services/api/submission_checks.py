@@ -65,6 +65,10 @@ class SubmissionChecks:
                             if errors else None)
         return outcomes
 
+    async def check_callback_url(self, url: str) -> str | None:
+        """Why the callback policy refuses `url` (None: allowed)."""
+        return await self._check_url(url)
+
     async def _check_url(self, url: str) -> str | None:
         try:
             await self._policy.check_resolved(url)

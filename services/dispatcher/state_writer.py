@@ -4,7 +4,8 @@ The batch travels as one JSON parameter (`jsonb_to_recordset`), is upserted
 under the monotonic rules of `state_fold.py`, and the callback outbox rows for
 tasks that just ended are inserted by the same statement, so a callback exists
 exactly when its terminal state committed. A batch that ends tasks also settles
-their dependants in the same transaction (`dependencies.py`).
+their dependants and closes finished workflows in the same transaction
+(`dependencies.py`, `workflow_ends.py`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.dispatcher import dependencies
+from services.dispatcher import dependencies, workflow_ends
 from services.dispatcher.state_fold import TaskDelta
 from shared.status import TaskStatus
 
@@ -104,10 +105,12 @@ class Ended:
 
 class TaskStateWriter:
     def __init__(
-        self, engine: AsyncEngine, *, default_callback_url: str | None, on_released: Callable[[], None] = lambda: None
+        self, engine: AsyncEngine, *, default_callback_url: str | None, on_released: Callable[[], None] = lambda: None,
+        on_workflows_closed: Callable[[], None] = lambda: None,
     ) -> None:
         self._engine = engine
         self._on_released = on_released
+        self._on_workflows_closed = on_workflows_closed
         # The upsert (with its outbox insert) is one statement, atomic on its own:
         # without a replay to apply first it needs no BEGIN/COMMIT round trips.
         self._single_statements = engine.execution_options(isolation_level="AUTOCOMMIT")
@@ -129,10 +132,14 @@ class TaskStateWriter:
                 ended, stale = self._outcome(deltas, rows, await self._stale_cancelled(conn, deltas, rows))
                 settled = await dependencies.settle(
                     conn, [(e.task_id, e.status) for e in ended], default_callback_url=self._default_callback_url)
-            ended.extend(Ended(c.task_id, TaskStatus.CANCELLED, c.task_type, c.callback_queued)
-                         for c in settled.cancelled)
+                ended.extend(Ended(c.task_id, TaskStatus.CANCELLED, c.task_type, c.callback_queued)
+                             for c in settled.cancelled)
+                workflow_callbacks = await workflow_ends.close_finished(
+                    conn, [e.task_id for e in ended], default_callback_url=self._default_callback_url)
             if settled.released:
                 self._on_released()
+            if workflow_callbacks:
+                self._on_workflows_closed()
             return ended, stale
         async with self._single_statements.connect() as conn:
             rows = (await conn.execute(_UPSERT, params)).all()

@@ -142,3 +142,26 @@ task_releases = Table(
     Column("message", JSONB, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
 )
+
+# Workflows (docs/decisions/0101): a set of tasks named by local refs.
+WORKFLOW_STATUSES = ("running", "completed", "failed", "cancelled")
+
+workflows = Table(
+    "workflows",
+    metadata,
+    Column("id", UUID(as_uuid=False), primary_key=True),
+    Column("created_by", Text, nullable=False),
+    Column("callback_url", Text),
+    Column("status", Text, nullable=False, server_default="running"),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    CheckConstraint(f"status IN {WORKFLOW_STATUSES}", name="ck_workflows_status"),
+)
+
+workflow_tasks = Table(
+    "workflow_tasks",
+    metadata,
+    Column("workflow_id", UUID(as_uuid=False), primary_key=True),
+    Column("ref", Text, primary_key=True),
+    Column("task_id", UUID(as_uuid=False), nullable=False, unique=True),
+)

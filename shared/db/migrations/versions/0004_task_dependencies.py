@@ -1,4 +1,4 @@
-"""task dependencies: status `waiting`, edges, waiting messages, the release outbox
+"""task dependencies and workflows: status `waiting`, edges, waiting messages, the release outbox, workflows
 
 Revision ID: 0004
 Revises: 0003
@@ -15,6 +15,7 @@ branch_labels = None
 depends_on = None
 
 _STATUSES = "('waiting', 'queued', 'processing', 'completed', 'failed', 'cancelled')"
+_WORKFLOW_STATUSES = "('running', 'completed', 'failed', 'cancelled')"
 _OLD_STATUSES = "('queued', 'processing', 'completed', 'failed', 'cancelled')"
 
 
@@ -51,8 +52,28 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")),
     )
 
+    # Workflows (docs/decisions/0101): their tasks are ordinary tasks, named by ref.
+    op.create_table(
+        "workflows",
+        sa.Column("id", postgresql.UUID(as_uuid=False), primary_key=True),
+        sa.Column("created_by", sa.Text, nullable=False),
+        sa.Column("callback_url", sa.Text),
+        sa.Column("status", sa.Text, nullable=False, server_default="running"),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", sa.DateTime(timezone=True)),
+        sa.CheckConstraint(f"status IN {_WORKFLOW_STATUSES}", name="ck_workflows_status"),
+    )
+    op.create_table(
+        "workflow_tasks",
+        sa.Column("workflow_id", postgresql.UUID(as_uuid=False), primary_key=True),
+        sa.Column("ref", sa.Text, primary_key=True),
+        sa.Column("task_id", postgresql.UUID(as_uuid=False), nullable=False, unique=True),
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("workflow_tasks")
+    op.drop_table("workflows")
     op.drop_table("task_releases")
     op.drop_table("waiting_tasks")
     op.drop_index("ix_task_edges_child", table_name="task_edges")
