@@ -283,3 +283,24 @@ async def test_depends_on_over_tm_submit(submitter: SubmitClient, api: ApiClient
     assert done["result"]["completed"] == 1
     refused = await submitter.submit(orjson.dumps({"task_type": "gather", "depends_on": [str(uuid.uuid4())]}))
     assert not refused["ok"] and refused["error"]["details"][0]["field"] == "depends_on.0", refused
+
+
+async def test_a_worker_killed_while_the_parent_runs_still_runs_the_child_once(
+    fleet_factory: FleetFactory, http: aiohttp.ClientSession
+) -> None:
+    fleet = await fleet_factory(standard)
+    api = ApiClient(fleet.api_url, http)
+    parent = await api.submit({"task_type": "sleep", "payload": {"seconds": 1}})
+    child = await api.submit({"task_type": "gather", "depends_on": [parent["task_id"]]})
+    await api.wait_for(parent["task_id"], {"processing"}, timeout=10)
+    worker = fleet.process("worker-default")
+    worker.kill()  # the parent's delivery goes back to its queue
+    fleet.processes.remove(worker)
+    assert (await api.get(child["task_id"]))["status"] == "waiting"
+    await fleet.start(fleet.add_worker())
+
+    done = await api.wait_for(child["task_id"], timeout=60)
+    assert done["status"] == "completed" and done["result"]["completed"] == 1
+    assert (await api.get(parent["task_id"]))["status"] == "completed"
+    await asyncio.sleep(1.5)  # a second release, if there were one, would have run by now
+    assert await _attempts(fleet, http, "gather") == 1
