@@ -87,6 +87,12 @@ SELECT CAST(up.id AS text) AS id, up.status, up.task_type,
 FROM up
 """).bindparams(bindparam("batch", type_=JSONB))
 
+# Plain tasks (no children, no workflow) stop here: one probe for both.
+_LINKS = text("""
+SELECT EXISTS (SELECT 1 FROM task_edges WHERE parent_id = ANY(CAST(:ids AS uuid[])) AND NOT settled) AS children,
+       EXISTS (SELECT 1 FROM workflow_tasks WHERE task_id = ANY(CAST(:ids AS uuid[]))) AS workflows
+""")
+
 _CANCELLED_AMONG = text("""
 SELECT CAST(id AS text) AS id FROM tasks
 WHERE id = ANY(CAST(:ids AS uuid[])) AND status = 'cancelled'
@@ -130,12 +136,7 @@ class TaskStateWriter:
                     await conn.execute(_REQUEUE, {"batch": requeues})
                 rows = (await conn.execute(_UPSERT, params)).all()
                 ended, stale = self._outcome(deltas, rows, await self._stale_cancelled(conn, deltas, rows))
-                settled = await dependencies.settle(
-                    conn, [(e.task_id, e.status) for e in ended], default_callback_url=self._default_callback_url)
-                ended.extend(Ended(c.task_id, TaskStatus.CANCELLED, c.task_type, c.callback_queued)
-                             for c in settled.cancelled)
-                workflow_callbacks = await workflow_ends.close_finished(
-                    conn, [e.task_id for e in ended], default_callback_url=self._default_callback_url)
+                settled, workflow_callbacks = await self._settle_links(conn, ended)
             if settled.released:
                 self._on_released()
             if workflow_callbacks:
@@ -144,6 +145,25 @@ class TaskStateWriter:
         async with self._single_statements.connect() as conn:
             rows = (await conn.execute(_UPSERT, params)).all()
             return self._outcome(deltas, rows, await self._stale_cancelled(conn, deltas, rows))
+
+    async def _settle_links(self, conn: AsyncConnection, ended: list[Ended]) -> tuple[dependencies.Settled, int]:
+        """Dependants and workflows of the tasks that just ended (`ended` grows by
+        the tasks a failed parent cancelled). A new statement, so it sees edges an
+        admission committed while the upsert waited for its parent's row lock."""
+        nothing = dependencies.Settled([], [])
+        if not ended:
+            return nothing, 0
+        probe = (await conn.execute(_LINKS, {"ids": [e.task_id for e in ended]})).one()
+        settled = nothing
+        if probe.children:
+            settled = await dependencies.settle(
+                conn, [(e.task_id, e.status) for e in ended], default_callback_url=self._default_callback_url)
+            ended.extend(Ended(c.task_id, TaskStatus.CANCELLED, c.task_type, c.callback_queued)
+                         for c in settled.cancelled)
+        if not probe.workflows and not settled.cancelled:
+            return settled, 0
+        return settled, await workflow_ends.close_finished(
+            conn, [e.task_id for e in ended], default_callback_url=self._default_callback_url)
 
     @staticmethod
     def _outcome(deltas: Sequence[TaskDelta], rows: Sequence[Any], stale: list[str]) -> tuple[list[Ended], list[str]]:
