@@ -304,3 +304,23 @@ async def test_a_worker_killed_while_the_parent_runs_still_runs_the_child_once(
     assert (await api.get(parent["task_id"]))["status"] == "completed"
     await asyncio.sleep(1.5)  # a second release, if there were one, would have run by now
     assert await _attempts(fleet, http, "gather") == 1
+
+
+async def test_a_cancelled_waiting_task_forgets_its_message_at_once(fleet: Fleet, api: ApiClient) -> None:
+    """The waiting message may hold a secret (a PDF password): it goes with the cancel,
+    not when the parent ends."""
+    parent = await api.submit({"task_type": "sleep", "payload": {"seconds": 30}})
+    child = await api.submit({"task_type": "echo", "depends_on": [parent["task_id"]]})
+    engine = create_engine(fleet.environment.postgres)
+    query = text("SELECT count(*) FROM waiting_tasks WHERE task_id = CAST(:id AS uuid)")
+    try:
+        async with engine.connect() as conn:
+            assert (await conn.execute(query, {"id": child["task_id"]})).scalar_one() == 1
+        status, _ = await api.call("DELETE", f"/api/v1/tasks/{child['task_id']}")
+        assert status in (200, 202)
+        assert (await api.wait_for(child["task_id"], timeout=10))["status"] == "cancelled"
+        async with engine.connect() as conn:
+            assert (await conn.execute(query, {"id": child["task_id"]})).scalar_one() == 0
+    finally:
+        await engine.dispose()
+        await api.call("DELETE", f"/api/v1/tasks/{parent['task_id']}")

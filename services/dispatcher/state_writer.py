@@ -87,9 +87,10 @@ SELECT CAST(up.id AS text) AS id, up.status, up.task_type,
 FROM up
 """).bindparams(bindparam("batch", type_=JSONB))
 
-# Plain tasks (no children, no workflow) stop here: one probe for both.
+# Plain tasks (no children, not waiting, no workflow) stop here: one probe for all.
 _LINKS = text("""
-SELECT EXISTS (SELECT 1 FROM task_edges WHERE parent_id = ANY(CAST(:ids AS uuid[])) AND NOT settled) AS children,
+SELECT EXISTS (SELECT 1 FROM task_edges WHERE parent_id = ANY(CAST(:ids AS uuid[])) AND NOT settled)
+       OR EXISTS (SELECT 1 FROM waiting_tasks WHERE task_id = ANY(CAST(:ids AS uuid[]))) AS children,
        EXISTS (SELECT 1 FROM workflow_tasks WHERE task_id = ANY(CAST(:ids AS uuid[]))) AS workflows
 """)
 
