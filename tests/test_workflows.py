@@ -7,8 +7,13 @@ import asyncio
 import time
 from typing import Any
 
+import aio_pika
+import orjson
+
+from shared.topology import SUBMIT_QUEUE
 from tests.support.api import ApiClient
 from tests.support.callback_receiver import CallbackReceiver
+from tests.support.fleet import Fleet
 
 
 async def _create(api: ApiClient, body: dict[str, Any]) -> dict[str, Any]:
@@ -155,3 +160,42 @@ async def test_fan_in_of_a_thousand(api: ApiClient) -> None:
     join = await api.get(created["tasks"]["join"]["task_id"])
     assert join["result"]["parents"] == 1000 and join["result"]["completed"] == 1000
     assert join["result"]["results"][created["tasks"]["p7"]["task_id"]] == {"i": 7}
+
+
+async def test_the_same_idempotency_key_answers_the_same_workflow(api: ApiClient) -> None:
+    body = {"tasks": [{"ref": "a", "task_type": "echo"}, {"ref": "b", "task_type": "gather", "depends_on": ["a"]}]}
+    headers = {"Idempotency-Key": f"wf-{time.time_ns()}"}
+    status, first = await api.call("POST", "/api/v1/workflows", json=body, headers=headers)
+    assert status == 201, first
+    status, again = await api.call("POST", "/api/v1/workflows", json=body, headers=headers)
+    assert status == 200 and again["workflow_id"] == first["workflow_id"]
+    assert again["tasks"]["b"]["task_id"] == first["tasks"]["b"]["task_id"]
+    assert (await _wait(api, first["workflow_id"]))["status"] == "completed"
+
+
+async def test_a_workflow_over_tm_submit(fleet: Fleet, api: ApiClient) -> None:
+    body = orjson.dumps({"tasks": [
+        {"ref": "a", "task_type": "echo", "payload": {"v": 1}},
+        {"ref": "b", "task_type": "gather", "depends_on": ["a"]}]})
+    connection = await aio_pika.connect(fleet.environment.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        replies = await channel.declare_queue(exclusive=True)
+        answers: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def on_reply(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            answers.put_nowait(orjson.loads(message.body))
+        await replies.consume(on_reply, no_ack=True)
+        message_id = f"wf-amqp-{time.time_ns()}"
+        for _ in range(2):  # re-sent with the same message_id: one workflow
+            await channel.default_exchange.publish(aio_pika.Message(
+                body, type="workflow", message_id=message_id, reply_to=replies.name, correlation_id="c"),
+                routing_key=SUBMIT_QUEUE)
+        first = await asyncio.wait_for(answers.get(), 10)
+        again = await asyncio.wait_for(answers.get(), 10)
+    assert first["ok"] and first["created"] is True, first
+    assert again["ok"] and again["created"] is False and again["workflow_id"] == first["workflow_id"]
+    view = await _wait(api, first["workflow_id"])
+    assert view["status"] == "completed"
+    b = await api.get(first["tasks"]["b"]["task_id"])
+    assert b["result"]["results"] == {first["tasks"]["a"]["task_id"]: {"v": 1}}

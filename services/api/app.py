@@ -24,6 +24,7 @@ from services.api.resources import (
     REGISTRY,
     SETTINGS,
     TOPOLOGY,
+    WORKFLOW_INTAKE,
     broker_ctx,
     check_broker,
     check_database,
@@ -66,7 +67,8 @@ async def metrics_middleware(request: web.Request, handler: Any) -> web.StreamRe
 async def submit_consumer_ctx(app: web.Application) -> AsyncIterator[None]:
     channel = await app[CONNECTION].channel()
     consumer = SubmitConsumer(
-        channel, app[ADMISSION], app[PUBLISHER], app[REGISTRY], app[LIMITS], app[CHECKS], app[TOPOLOGY]
+        channel, app[ADMISSION], app[PUBLISHER], app[REGISTRY], app[LIMITS], app[CHECKS], app[TOPOLOGY],
+        workflows=app[WORKFLOW_INTAKE],
     )
     await consumer.start()
     yield

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from loguru import logger
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -20,7 +20,7 @@ from services.api.admission import first_stage_message, task_row
 from services.api.workflow_request import WorkflowPlan
 from shared import metrics
 from shared.amqp.publisher import Publisher
-from shared.db.models import workflow_tasks, workflows
+from shared.db.models import workflow_tasks
 from shared.errors import TaskManagerError, Unavailable
 from shared.ids import new_task_id
 from shared.messages import CancelTask, TaskCancelled, utcnow
@@ -33,8 +33,7 @@ _DB_ERRORS = (DBAPIError, InterfaceError, OperationalError, OSError, ConnectionE
 @dataclass(frozen=True)
 class AdmittedWorkflow:
     workflow_id: str
-    task_ids: dict[str, str]  # ref -> task id
-    statuses: dict[str, str]  # ref -> status at admission
+    created: bool  # False: an earlier workflow with the same idempotency key
 
 
 class _Refused(Exception):
@@ -42,7 +41,22 @@ class _Refused(Exception):
         self.error = error
 
 
-async def admit_workflow(engine: AsyncEngine, publisher: Publisher, plan: WorkflowPlan, *, owner: str) -> AdmittedWorkflow:
+_INSERT_WORKFLOW = text("""
+INSERT INTO workflows (id, created_by, callback_url, created_at, idempotency_key)
+VALUES (CAST(:id AS uuid), :created_by, :callback_url, :created_at, :idempotency_key)
+ON CONFLICT (created_by, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING CAST(id AS text) AS id
+""")
+_BY_KEY = text("""
+SELECT CAST(id AS text) AS id FROM workflows WHERE created_by = :created_by AND idempotency_key = :idempotency_key
+""")
+
+
+async def admit_workflow(
+    engine: AsyncEngine, publisher: Publisher, plan: WorkflowPlan, *, owner: str, idempotency_key: str | None = None
+) -> AdmittedWorkflow:
+    """Admit every task of `plan` or none. The same `idempotency_key` (per owner)
+    answers the earlier workflow instead of creating a second."""
     now = utcnow()
     workflow_id = new_task_id()
     ids = {WorkflowPlan.ref_of(v): new_task_id() for v in plan.tasks}
@@ -59,8 +73,13 @@ async def admit_workflow(engine: AsyncEngine, publisher: Publisher, plan: Workfl
     roots = [(v, r) for v, r in zip(tasks, rows, strict=True) if not v.request.depends_on]
     try:
         async with engine.begin() as conn:
-            await conn.execute(insert(workflows).values(
-                id=workflow_id, created_by=owner, callback_url=plan.callback_url, created_at=now))
+            inserted = (await conn.execute(_INSERT_WORKFLOW, {
+                "id": workflow_id, "created_by": owner, "callback_url": plan.callback_url, "created_at": now,
+                "idempotency_key": idempotency_key})).first()
+            if inserted is None:  # the key is taken (a concurrent holder committed first: the unique index waited)
+                existing = (await conn.execute(_BY_KEY, {"created_by": owner,
+                                                         "idempotency_key": idempotency_key})).scalar_one()
+                return AdmittedWorkflow(existing, created=False)
             await repo.insert_tasks(conn, rows)
             await dependencies.record_waiting(conn, [
                 (str(r["id"]), v, dependencies.Plan(waiting=True, remaining=len(v.request.depends_on)),
@@ -85,8 +104,7 @@ async def admit_workflow(engine: AsyncEngine, publisher: Publisher, plan: Workfl
     for valid in tasks:
         metrics.tasks_submitted_total.labels(valid.task_type.name, "workflow").inc()
     logger.bind(workflow_id=workflow_id).debug("workflow of {} tasks accepted ({} roots)", len(rows), len(roots))
-    statuses = {WorkflowPlan.ref_of(v): str(r["status"]) for v, r in zip(tasks, rows, strict=True)}
-    return AdmittedWorkflow(workflow_id, ids, statuses)
+    return AdmittedWorkflow(workflow_id, created=True)
 
 
 async def _withdraw(published: list[tuple[ValidTask, dict[str, object]]], publisher: Publisher) -> None:

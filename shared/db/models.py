@@ -155,7 +155,10 @@ workflows = Table(
     Column("status", Text, nullable=False, server_default="running"),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True)),
+    Column("idempotency_key", Text),
     CheckConstraint(f"status IN {WORKFLOW_STATUSES}", name="ck_workflows_status"),
+    Index("ux_workflows_owner_idempotency_key", "created_by", "idempotency_key", unique=True,
+          postgresql_where=text("idempotency_key IS NOT NULL")),
 )
 
 workflow_tasks = Table(

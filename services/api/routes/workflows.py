@@ -4,7 +4,6 @@ aggregate state, cancel what is unfinished (docs/decisions/0101)."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections import Counter
 from typing import Any
 
@@ -14,22 +13,11 @@ from services.api.auth import principal_of
 from services.api.http import json_response, read_json
 from services.api.openapi import Operation, documented, task_union_schema
 from services.api.rate_limit import RATE_LIMITS
-from services.api.resources import CHECKS, ENGINE, LIMITS, PUBLISHER, REGISTRY
-from services.api.workflow_admission import admit_workflow
-from services.api.workflow_request import (
-    MAX_WORKFLOW_TASKS,
-    WorkflowPlan,
-    WorkflowTask,
-    validate_workflow,
-)
-from services.api.workflow_views import (
-    WorkflowCreated,
-    WorkflowView,
-    created_view,
-    read_workflow,
-    workflow_view,
-)
-from shared.errors import Conflict, FieldError, Forbidden, InvalidRequest, NotFound
+from services.api.resources import ENGINE, PUBLISHER, WORKFLOW_INTAKE
+from services.api.routes.tasks import IDEMPOTENCY_HEADER, idempotency_key
+from services.api.workflow_request import MAX_WORKFLOW_TASKS, WorkflowTask
+from services.api.workflow_views import WorkflowCreated, WorkflowView, read_workflow, workflow_view
+from shared.errors import Conflict, NotFound
 from shared.ids import is_task_id
 from shared.messages import CancelTask, TaskCancelled, utcnow
 from shared.status import TaskStatus
@@ -37,6 +25,8 @@ from shared.status import TaskStatus
 routes = web.RouteTableDef()
 
 WORKFLOW_ID_SEGMENT = "[0-9A-Fa-f-]{32,36}"
+_IDEMPOTENCY_DOC = {IDEMPOTENCY_HEADER: ("The same key (per API key) returns the same workflow instead of a second.",
+                                         {"type": "string", "pattern": r"^[\x21-\x7e]{1,255}$"})}
 
 
 def _body_doc(ctx: Any, schemas: dict[str, Any]) -> dict[str, Any]:
@@ -56,19 +46,18 @@ def _body_doc(ctx: Any, schemas: dict[str, Any]) -> dict[str, Any]:
     summary="Submit a workflow", tag="workflows",
     description="Tasks that name each other by `ref` in `depends_on`, admitted all or nothing. A cycle, a "
                 "dangling or duplicate ref is a 422 naming it.",
-    body=_body_doc, errors=(503,), responses={201: (WorkflowCreated, "Every task created.")},
+    body=_body_doc, headers=_IDEMPOTENCY_DOC, errors=(503,),
+    responses={201: (WorkflowCreated, "Every task created."),
+               200: (WorkflowCreated, "An earlier workflow with this Idempotency-Key.")},
 ))
 async def submit_workflow(request: web.Request) -> web.Response:
     app = request.app
-    principal = principal_of(request)
-    plan = validate_workflow(await read_json(request), app[REGISTRY], app[LIMITS])
-    await _check(request, plan)
+    intake = app[WORKFLOW_INTAKE]
+    plan = intake.validate(await read_json(request))
+    key = idempotency_key(request)
     app[RATE_LIMITS].charge_kbs(dict(Counter(v.request.kb_id for v in plan.tasks if v.request.kb_id)))
-    admitted = await admit_workflow(app[ENGINE], app[PUBLISHER], plan, owner=principal.owner)
-    rows = [{"ref": ref, "task_id": admitted.task_ids[ref], "task_type": v.task_type.name,
-             "status": admitted.statuses[ref], "progress": 0}
-            for v in plan.tasks for ref in [WorkflowPlan.ref_of(v)]]
-    return json_response(created_view(admitted.workflow_id, utcnow(), rows), status=201,
+    admitted = await intake.admit(plan, principal_of(request), key)
+    return json_response(await intake.created(admitted), status=201 if admitted.created else 200,
                          headers={"Location": f"/api/v1/workflows/{admitted.workflow_id}"})
 
 
@@ -100,29 +89,6 @@ async def cancel_workflow(request: web.Request) -> web.Response:
     await asyncio.gather(*(publisher.control(CancelTask(task_id=r["task_id"], reason="its workflow was cancelled"))
                            for r in unfinished if r["status"] != TaskStatus.WAITING))
     return json_response(workflow_view(await _find(request), cancel_requested=True), 202)
-
-
-async def _check(request: web.Request, plan: WorkflowPlan) -> None:
-    """The submission checks of every task, and the workflow's callback URL: one
-    refused task refuses the workflow."""
-    checks = request.app[CHECKS]
-    errors: list[FieldError] = []
-    # depends_on names refs here, checked with the graph: the parent checks have nothing to look up.
-    standalone = [dataclasses.replace(v, request=v.request.model_copy(update={"depends_on": []})) for v in plan.tasks]
-    outcomes = await checks.check_many(standalone, principal_of(request))
-    for valid, outcome in zip(plan.tasks, outcomes, strict=True):
-        if isinstance(outcome, Forbidden):
-            raise outcome
-        if outcome is not None:
-            ref = WorkflowPlan.ref_of(valid)
-            errors.extend(FieldError(f"tasks[{ref}].{e['field']}", e["message"])
-                          for e in getattr(outcome, "errors", None) or [FieldError("", outcome.message)])
-    if plan.callback_url:
-        refused = await checks.check_callback_url(plan.callback_url)
-        if refused:
-            errors.append(FieldError("callback_url", refused))
-    if errors:
-        raise InvalidRequest("; ".join(f"{e['field']}: {e['message']}" for e in errors), errors)
 
 
 async def _find(request: web.Request) -> list[Any]:

@@ -61,8 +61,12 @@ def upgrade() -> None:
         sa.Column("status", sa.Text, nullable=False, server_default="running"),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("finished_at", sa.DateTime(timezone=True)),
+        # Idempotency-Key (REST) or message_id (tm.submit), per owner as for tasks.
+        sa.Column("idempotency_key", sa.Text),
         sa.CheckConstraint(f"status IN {_WORKFLOW_STATUSES}", name="ck_workflows_status"),
     )
+    op.create_index("ux_workflows_owner_idempotency_key", "workflows", ["created_by", "idempotency_key"],
+                    unique=True, postgresql_where=sa.text("idempotency_key IS NOT NULL"))
     op.create_table(
         "workflow_tasks",
         sa.Column("workflow_id", postgresql.UUID(as_uuid=False), primary_key=True),
