@@ -55,8 +55,8 @@ class WorkflowIntake:
             if isinstance(outcome, Forbidden):
                 raise outcome
             if outcome is not None:
-                ref = WorkflowPlan.ref_of(valid)
-                errors.extend(FieldError(f"tasks[{ref}].{e['field']}", e["message"])
+                where = f"tasks.{plan.positions[WorkflowPlan.ref_of(valid)]}"
+                errors.extend(FieldError(f"{where}.{e['field']}", e["message"])
                               for e in getattr(outcome, "errors", None) or [FieldError("task", outcome.message)])
         if plan.callback_url:
             refused = await self._checks.check_callback_url(plan.callback_url)

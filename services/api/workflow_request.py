@@ -51,6 +51,7 @@ class WorkflowTask(TaskRequest):
 class WorkflowPlan:
     tasks: list[ValidTask]  # in topological order: every task after its parents
     callback_url: str | None
+    positions: dict[str, int]  # ref -> index in the request, for error paths (`tasks.3.kb_id`)
 
     @staticmethod
     def ref_of(valid: ValidTask) -> str:
@@ -85,7 +86,8 @@ def validate_workflow(data: Any, registry: TaskTypeRegistry, limits: RequestLimi
     errors.extend(_graph_errors(tasks))
     if errors:
         raise InvalidRequest(_summary(errors), errors)
-    return WorkflowPlan(_topological(tasks), callback_url)
+    return WorkflowPlan(_topological(tasks), callback_url,
+                        {WorkflowPlan.ref_of(t): i for i, t in enumerate(tasks)})
 
 
 def _graph_errors(tasks: list[ValidTask]) -> list[FieldError]:
