@@ -154,12 +154,13 @@ async def test_fan_in_of_a_thousand_parents(api: ApiClient) -> None:
 
 
 async def test_fan_out_of_a_thousand_children(api: ApiClient) -> None:
+    kb = f"kb_fan_out_{uuid.uuid4().hex[:8]}"
     parent = await api.submit({"task_type": "sleep", "payload": {"seconds": 0.5}})
-    children = await _batch(api, [{"task_type": "echo", "payload": {"i": i}, "depends_on": [parent["task_id"]]}
-                                  for i in range(1000)])
+    children = await _batch(api, [{"task_type": "echo", "kb_id": kb, "payload": {"i": i},
+                                   "depends_on": [parent["task_id"]]} for i in range(1000)])
 
     async def all_done() -> None:
-        status, page = await api.call("GET", "/api/v1/tasks?task_type=echo&status=waiting,queued,processing&limit=1")
+        status, page = await api.call("GET", f"/api/v1/tasks?kb_id={kb}&status=waiting,queued,processing&limit=1")
         assert status == 200 and page["items"] == []
     await eventually(all_done, timeout=120, interval=0.5)
     finals = [await api.get(t) for t in (children[0], children[499], children[-1])]
