@@ -462,6 +462,8 @@ class DispatcherSettings(BaseSettings):
     batch_max_events: int = Field(default=500, alias="DISPATCHER_BATCH_MAX", ge=1)
     # Under load only, how long a batch may linger to grow (an idle dispatcher writes at once).
     batch_max_wait_seconds: float = Field(default=0.02, alias="DISPATCHER_BATCH_WAIT", ge=0)
+    # Parents' results a released task carries in context.parents; above this only their statuses.
+    dependency_context_max_bytes: int = Field(default=512 * 1024, alias="DEPENDENCY_CONTEXT_MAX_BYTES", ge=1024)
 
 
 class Settings(BaseModel):

@@ -6,6 +6,7 @@ from enum import StrEnum
 
 
 class TaskStatus(StrEnum):
+    WAITING = "waiting"  # unfinished parents (depends_on): a row, not a message
     QUEUED = "queued"
     PROCESSING = "processing"
     COMPLETED = "completed"
@@ -24,6 +25,7 @@ class TaskStatus(StrEnum):
 
 
 _RANK = {
+    TaskStatus.WAITING: -1,
     TaskStatus.QUEUED: 0,
     TaskStatus.PROCESSING: 1,
     TaskStatus.COMPLETED: 2,

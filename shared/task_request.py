@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shared.errors import FieldError, InvalidRequest
 from shared.json_limits import check_json_shape
@@ -50,6 +50,9 @@ KB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
 # Visible ASCII only, wherever a key comes from (header, batch item, message_id): a CR or
 # LF in a key would forge log lines and breaks header round trips.
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+TASK_ID_PATTERN = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
+# Parents one task may name: a fan-in of 1,000 is the documented floor.
+MAX_PARENTS = 10_000
 
 
 class TaskRequest(BaseModel):
@@ -75,6 +78,25 @@ class TaskRequest(BaseModel):
     callback_url: AnyHttpUrl | None = Field(
         default=None, description="POSTed when the task ends; default KB_CALLBACK_URL."
     )
+    # Dependencies (docs/decisions/0100): the task waits until every parent completed.
+    depends_on: list[Annotated[str, Field(pattern=TASK_ID_PATTERN)]] = Field(
+        default_factory=list, max_length=MAX_PARENTS,
+        description="Task ids that must complete before this task runs (status `waiting` until then).",
+    )
+    on_parent_failure: Literal["cancel", "run"] = Field(
+        default="cancel", description="When a parent fails or is cancelled: cancel this task "
+                                      "(error.code dependency_failed) or run it anyway.",
+    )
+
+    @field_validator("depends_on")
+    @classmethod
+    def _distinct_parents(cls, value: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for parent in value:
+            if parent.lower() in seen:
+                raise ValueError(f"lists parent {parent} twice")
+            seen.add(parent.lower())
+        return [p.lower() for p in value]
 
 
 class BatchItem(TaskRequest):

@@ -76,6 +76,9 @@ RULES: tuple[AccessRule, ...] = (
     rule("GET", "/api/v1/tasks/{task_id}", READ),
     rule("DELETE", "/api/v1/tasks/{task_id}", WRITE),
     rule("POST", "/api/v1/uploads", WRITE),
+    rule("POST", "/api/v1/workflows", WRITE),
+    rule("GET", "/api/v1/workflows/{workflow_id}", READ),
+    rule("DELETE", "/api/v1/workflows/{workflow_id}", WRITE),
     # Fleet-wide operations: every tenant's dead letters and statistics.
     rule("*", "/api/v1/dlq", ADMIN),
     rule("*", "/api/v1/dlq/{tail:.*}", ADMIN),

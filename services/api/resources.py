@@ -21,6 +21,7 @@ from services.api.rate_limit import TokenBuckets
 from services.api.submission_checks import SubmissionChecks
 from services.api.upload_quota import UploadLimits, UploadQuota
 from services.api.worker_registry import WorkerRegistry
+from services.api.workflow_intake import WorkflowIntake
 from shared.amqp.connection import connect
 from shared.amqp.publisher import Publisher
 from shared.amqp.readiness import BrokerReadiness
@@ -48,6 +49,7 @@ QUEUE_MONITOR = web.AppKey("queue_monitor", QueueMonitor)
 QUEUE_STATS = web.AppKey("queue_stats", QueueStats)
 WORKER_REGISTRY = web.AppKey("worker_registry", WorkerRegistry)
 CHECKS = web.AppKey("submission_checks", SubmissionChecks)
+WORKFLOW_INTAKE = web.AppKey("workflow_intake", WorkflowIntake)
 UPLOAD_STORE = web.AppKey("upload_store", UploadStore)
 UPLOAD_QUOTA = web.AppKey("upload_quota", UploadQuota)
 
@@ -98,6 +100,7 @@ async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
         max_in_flight=settings.api.max_concurrent_tasks,
         wait_seconds=settings.api.admission_wait_seconds,
     )
+    app[WORKFLOW_INTAKE] = WorkflowIntake(app[ENGINE], app[PUBLISHER], app[REGISTRY], app[LIMITS], app[CHECKS])
     app[DEAD_LETTERS] = DeadLetterQueue(connection, app[PUBLISHER], app[ENGINE])
     app[QUERY_EMBEDDER] = QueryEmbedder(connection, timeout_seconds=settings.search.embed_timeout_seconds)
     await app[QUERY_EMBEDDER].start()

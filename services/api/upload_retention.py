@@ -29,7 +29,7 @@ SELECT u.file_ref FROM uploads u
 WHERE NOT EXISTS (
         SELECT 1 FROM tasks t
         WHERE t.payload ? 'file_ref' AND t.payload->>'file_ref' = u.file_ref
-          AND (t.status IN ('queued', 'processing')
+          AND (t.status IN ('waiting', 'queued', 'processing')
                OR coalesce(t.finished_at, t.updated_at) > now() - make_interval(secs => :retention)))
   AND (u.created_at < now() - make_interval(secs => :unused)
        OR EXISTS (SELECT 1 FROM tasks t WHERE t.payload ? 'file_ref' AND t.payload->>'file_ref' = u.file_ref))

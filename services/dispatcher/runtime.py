@@ -11,8 +11,10 @@ from sqlalchemy import text
 
 from services.dispatcher.callbacks import CallbackSender
 from services.dispatcher.event_consumer import EventConsumer
+from services.dispatcher.releases import ReleasePublisher
 from services.dispatcher.rpc import DispatcherRpc
 from services.dispatcher.state_writer import TaskStateWriter
+from services.dispatcher.workflow_callbacks import WorkflowCallbackSender
 from shared.amqp.connection import connect
 from shared.amqp.publisher import Publisher
 from shared.amqp.readiness import BrokerReadiness
@@ -40,8 +42,11 @@ async def run_dispatcher(settings: Settings, registry: TaskTypeRegistry | None =
     session = aiohttp.ClientSession(connector=guarded_connector(policy), trust_env=False)
 
     callbacks = CallbackSender(engine, settings.callbacks, session, policy)
+    workflow_callbacks = WorkflowCallbackSender(engine, settings.callbacks, session, policy)
+    releases = ReleasePublisher(engine, publisher, context_max_bytes=settings.dispatcher.dependency_context_max_bytes)
     consumer = EventConsumer(
-        TaskStateWriter(engine, default_callback_url=settings.callbacks.kb_callback_url),
+        TaskStateWriter(engine, default_callback_url=settings.callbacks.kb_callback_url, on_released=releases.wake,
+                        on_workflows_closed=workflow_callbacks.wake),
         publisher,
         settings.dispatcher,
         on_callbacks_queued=callbacks.wake,
@@ -65,6 +70,8 @@ async def run_dispatcher(settings: Settings, registry: TaskTypeRegistry | None =
     await consumer.start(connection, topology)
     await rpc.start(connection, topology)
     callbacks.start()
+    workflow_callbacks.start()
+    releases.start()
     logger.info("dispatcher ready")
     await stop.wait()
 
@@ -72,6 +79,8 @@ async def run_dispatcher(settings: Settings, registry: TaskTypeRegistry | None =
     await consumer.stop()
     await rpc.stop()
     await callbacks.stop()
+    await workflow_callbacks.stop()
+    await releases.stop()
     await session.close()
     if ops is not None:
         await ops.cleanup()

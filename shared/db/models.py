@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -21,7 +22,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
 metadata = MetaData()
 
-TASK_STATUSES = ("queued", "processing", "completed", "failed", "cancelled")
+TASK_STATUSES = ("waiting", "queued", "processing", "completed", "failed", "cancelled")
 CALLBACK_STATES = ("pending", "delivered", "failed")
 
 tasks = Table(
@@ -110,4 +111,60 @@ uploads = Table(
     Column("content_type", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     Index("ix_uploads_created_at", "created_at"),
+)
+
+# Task dependencies (docs/decisions/0100): edges settle once; a waiting task's
+# first-stage message waits in `waiting_tasks`; released ones pass through the
+# `task_releases` outbox.
+task_edges = Table(
+    "task_edges",
+    metadata,
+    Column("parent_id", UUID(as_uuid=False), primary_key=True),
+    Column("child_id", UUID(as_uuid=False), primary_key=True),
+    Column("settled", Boolean, nullable=False, server_default=text("false")),
+    Index("ix_task_edges_child", "child_id"),
+)
+
+waiting_tasks = Table(
+    "waiting_tasks",
+    metadata,
+    Column("task_id", UUID(as_uuid=False), primary_key=True),
+    Column("message", JSONB, nullable=False),
+    Column("remaining", Integer, nullable=False),
+    Column("on_parent_failure", Text, nullable=False, server_default="cancel"),
+    CheckConstraint("on_parent_failure IN ('cancel', 'run')", name="ck_waiting_on_parent_failure"),
+)
+
+task_releases = Table(
+    "task_releases",
+    metadata,
+    Column("task_id", UUID(as_uuid=False), primary_key=True),
+    Column("message", JSONB, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+)
+
+# Workflows (docs/decisions/0101): a set of tasks named by local refs.
+WORKFLOW_STATUSES = ("running", "completed", "failed", "cancelled")
+
+workflows = Table(
+    "workflows",
+    metadata,
+    Column("id", UUID(as_uuid=False), primary_key=True),
+    Column("created_by", Text, nullable=False),
+    Column("callback_url", Text),
+    Column("status", Text, nullable=False, server_default="running"),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("idempotency_key", Text),
+    CheckConstraint(f"status IN {WORKFLOW_STATUSES}", name="ck_workflows_status"),
+    Index("ux_workflows_owner_idempotency_key", "created_by", "idempotency_key", unique=True,
+          postgresql_where=text("idempotency_key IS NOT NULL")),
+)
+
+workflow_tasks = Table(
+    "workflow_tasks",
+    metadata,
+    Column("workflow_id", UUID(as_uuid=False), primary_key=True),
+    Column("ref", Text, primary_key=True),
+    Column("task_id", UUID(as_uuid=False), nullable=False, unique=True),
 )

@@ -131,7 +131,7 @@ async def submit_batch(request: web.Request) -> web.Response:
         raise InvalidRequest(
             f"a batch holds 1 to {limit} tasks", [FieldError("tasks", f"holds {len(items)} items; allowed 1..{limit}")]
         )
-    header_key = _idempotency_key(request)
+    header_key = idempotency_key(request)
 
     outcomes: list[Any] = []
     for item in items:
@@ -263,13 +263,13 @@ async def admit_one(request: web.Request, valid: ValidTask) -> Admitted:
     await app[CHECKS].check(valid, principal)
     if valid.request.kb_id:
         app[RATE_LIMITS].charge_kbs({valid.request.kb_id: 1})
-    [result] = await app[ADMISSION].admit([(valid, _idempotency_key(request))], via="rest", owner=principal.owner)
+    [result] = await app[ADMISSION].admit([(valid, idempotency_key(request))], via="rest", owner=principal.owner)
     if isinstance(result, TaskManagerError):
         raise result
     return result
 
 
-def _idempotency_key(request: web.Request) -> str | None:
+def idempotency_key(request: web.Request) -> str | None:
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is None:
         return None
