@@ -117,11 +117,11 @@ class EventConsumer:
         self._record(events, ended)
         if any(e.callback_queued for e in ended):
             self._on_callbacks_queued()
-        for task_id in stale_cancelled:
+        for task_id, run in stale_cancelled:
             with contextlib.suppress(Unavailable):
-                await self._publisher.control(CancelTask(task_id=task_id, reason="cancelled before it ran"))
+                await self._publisher.control(CancelTask(task_id=task_id, run=run, reason="cancelled before it ran"))
 
-    async def _write(self, events: list[TaskEvent]) -> tuple[list[Ended], list[str]]:
+    async def _write(self, events: list[TaskEvent]) -> tuple[list[Ended], list[tuple[str, int]]]:
         deltas = fold(events)
 
         def unhealthy(details: dict[str, object]) -> None:
