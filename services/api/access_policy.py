@@ -76,6 +76,7 @@ RULES: tuple[AccessRule, ...] = (
     rule("GET", "/api/v1/tasks/{task_id}", READ),
     rule("DELETE", "/api/v1/tasks/{task_id}", WRITE),
     rule("POST", "/api/v1/tasks/{task_id}/retry", WRITE),
+    rule("GET", "/api/v1/events", READ),
     rule("POST", "/api/v1/uploads", WRITE),
     # Fleet-wide operations: every tenant's dead letters and statistics.
     rule("*", "/api/v1/dlq", ADMIN),

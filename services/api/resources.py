@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.api.admission import Admission
 from services.api.auth import AUTHENTICATOR, Authenticator
 from services.api.dead_letters import DeadLetterQueue
+from services.api.event_feed import EventFeed
 from services.api.query_embedder import QueryEmbedder
 from services.api.queue_monitor import QueueMonitor
 from services.api.queue_stats import QueueStats
@@ -47,6 +48,7 @@ QUEUE_STATS = web.AppKey("queue_stats", QueueStats)
 WORKER_REGISTRY = web.AppKey("worker_registry", WorkerRegistry)
 CHECKS = web.AppKey("submission_checks", SubmissionChecks)
 UPLOAD_STORE = web.AppKey("upload_store", UploadStore)
+EVENT_FEED = web.AppKey("event_feed", EventFeed)
 
 
 class StartupRefused(RuntimeError):
@@ -69,7 +71,11 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     policy = CallbackPolicy.from_settings(settings.callbacks, settings.service.environment)
     app[CHECKS] = SubmissionChecks(app[ENGINE], policy, settings.files.upload_roots)
     app[UPLOAD_STORE] = UploadStore(settings.files.upload_store_root)
+    events = settings.events
+    app[EVENT_FEED] = EventFeed(app[ENGINE], poll_seconds=events.poll_seconds, buffer=events.buffer,
+                                max_streams=events.max_streams)
     yield
+    await app[EVENT_FEED].close()
     await bounded(app[ENGINE].dispose(), "closing database connections")
 
 

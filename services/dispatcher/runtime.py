@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from services.dispatcher.callbacks import CallbackSender
 from services.dispatcher.event_consumer import EventConsumer
+from services.dispatcher.event_log import EventLog
 from services.dispatcher.rpc import DispatcherRpc
 from services.dispatcher.state_writer import TaskStateWriter
 from shared.amqp.connection import connect
@@ -40,11 +41,13 @@ async def run_dispatcher(settings: Settings, registry: TaskTypeRegistry | None =
     session = aiohttp.ClientSession(connector=guarded_connector(policy), trust_env=False)
 
     callbacks = CallbackSender(engine, settings.callbacks, session, policy)
+    event_log = EventLog(engine, retention_seconds=settings.events.log_retention_seconds)
     consumer = EventConsumer(
         TaskStateWriter(engine, default_callback_url=settings.callbacks.kb_callback_url),
         publisher,
         settings.dispatcher,
         on_callbacks_queued=callbacks.wake,
+        event_log=event_log,
     )
 
     async def database_ready() -> None:
@@ -65,6 +68,7 @@ async def run_dispatcher(settings: Settings, registry: TaskTypeRegistry | None =
     await consumer.start(connection, topology)
     await rpc.start(connection, topology)
     callbacks.start()
+    event_log.start()
     logger.info("dispatcher ready")
     await stop.wait()
 
@@ -72,6 +76,7 @@ async def run_dispatcher(settings: Settings, registry: TaskTypeRegistry | None =
     await consumer.stop()
     await rpc.stop()
     await callbacks.stop()
+    await event_log.stop()
     await session.close()
     if ops is not None:
         await ops.cleanup()
