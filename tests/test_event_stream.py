@@ -115,11 +115,31 @@ async def test_resuming_after_an_api_restart_misses_nothing(fleet_factory: Fleet
     assert {m.json()["task_id"] for m in resumed.events()} == {t["task_id"] for t in later}
 
 
-async def test_an_id_older_than_the_window_says_so(api: ApiClient, http: aiohttp.ClientSession) -> None:
-    async with EventStream(http, f"{api.base_url}/api/v1/events?kb_id={_kb()}",
-                           headers={"Last-Event-ID": "1.1"}) as stream:
-        reset = await stream.wait_for(lambda m: m.event == "stream.reset")
-    assert reset.json()["reason"] == "outside_window" and "EVENT_LOG_RETENTION" in reset.json()["message"]
+async def test_an_id_older_than_the_window_says_so(fleet_factory: FleetFactory,
+                                                   http: aiohttp.ClientSession) -> None:
+    def short_window(fleet: Fleet) -> None:
+        fleet.add_api()
+        fleet.add_worker()
+        fleet.add_dispatcher(EVENT_LOG_RETENTION="1")
+
+    fleet = await fleet_factory(short_window)
+    api = ApiClient(fleet.api_url, http)
+    kb = _kb()
+    url = f"{api.base_url}/api/v1/events?kb_id={kb}"
+    async with EventStream(http, url) as stream:
+        task = await api.run({"task_type": "echo", "kb_id": kb})
+        seen = await stream.wait_for(_of(task["task_id"], "completed"))
+
+    async def reset_on_resume() -> dict:  # type: ignore[type-arg]
+        async with EventStream(http, url, headers={"Last-Event-ID": seen.id}) as resumed:
+            await asyncio.sleep(0.3)
+        resets = resumed.events("stream.reset")
+        assert len(resets) == 1, "still inside the window"
+        return resets[0].json()  # type: ignore[no-any-return]
+
+    reset = await eventually(reset_on_resume, timeout=30, interval=0.5)
+    assert reset["reason"] == "outside_window" and reset["last_event_id"] == seen.id
+    assert "EVENT_LOG_RETENTION" in reset["message"]
 
 
 async def _stalled_client(fleet: Fleet, kb: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

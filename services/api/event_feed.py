@@ -3,11 +3,10 @@
 want it (decision 0131).
 
 One reader per api process, running only while a stream is open: a query
-every EVENT_STREAM_POLL for rows after the last position read. A position is
-`(xid, seq)` of the row, and only rows whose writing transaction is older than
-every transaction still open are read (`xid < pg_snapshot_xmin`), so a row
-that commits late can never sort before one already sent: positions a stream
-sends only rise, and `Last-Event-ID` resumes exactly where it stopped.
+every EVENT_STREAM_POLL for rows after the last `seq` read. The dispatcher's
+appends are serialised by a table lock held to their commit, so a row never
+becomes visible below a seq already read: the ids a stream sends only rise,
+and `Last-Event-ID` resumes exactly where it stopped.
 
 Each stream has a bounded queue. A stream whose queue is full is dropped from
 the feed and told why, so a slow client costs at most its buffer.
@@ -32,41 +31,24 @@ from shared.runtime import stop_task
 READ_BATCH = 1000
 BACKLOG_PAGE = 500
 
-_COLUMNS = "CAST(xid AS text) AS xid, seq, CAST(task_id AS text) AS task_id, kind, task_type, kb_id, " \
-           "CAST(data AS text) AS data"
-_SETTLED = "xid < pg_snapshot_xmin(pg_current_snapshot())"
-_AFTER = "(xid, seq) > (CAST(CAST(:xid AS text) AS xid8), :seq)"
+_COLUMNS = "seq, CAST(task_id AS text) AS task_id, kind, task_type, kb_id, CAST(data AS text) AS data"
 
-_NEW = text(f"SELECT {_COLUMNS} FROM task_events WHERE {_AFTER} AND {_SETTLED} ORDER BY xid, seq LIMIT :limit")
-_HEAD = text(f"SELECT CAST(xid AS text) AS xid, seq FROM task_events WHERE {_SETTLED} "
-             "ORDER BY xid DESC, seq DESC LIMIT 1")
-_EXISTS = text("SELECT 1 FROM task_events WHERE xid = CAST(CAST(:xid AS text) AS xid8) AND seq = :seq")
+_NEW = text(f"SELECT {_COLUMNS} FROM task_events WHERE seq > :after ORDER BY seq LIMIT :limit")
+_HEAD = text("SELECT COALESCE(max(seq), 0) AS seq FROM task_events")
+_EXISTS = text("SELECT 1 FROM task_events WHERE seq = :seq")
 
-
-@dataclass(frozen=True, order=True)
-class Position:
-    """Where a stream stands in the event log; `Last-Event-ID` is its text."""
-
-    xid: int
-    seq: int
-
-    def __str__(self) -> str:
-        return f"{self.xid}.{self.seq}"
-
-    @classmethod
-    def parse(cls, raw: str) -> Position:
-        """`xid.seq` as sent in an event's `id:`; `0` means the start of the window."""
-        raw = raw.strip()
-        if raw == "0":
-            return START
-        xid, dot, seq = raw.partition(".")
-        if not dot or not xid.isdigit() or not seq.isdigit() or len(raw) > 40:
-            raise InvalidRequest("invalid Last-Event-ID", [FieldError(
-                "Last-Event-ID", "must be the id of an event this stream sent (or 0 for the start of the window)")])
-        return cls(int(xid), int(seq))
+# Where a stream stands in the event log: the seq of the last event it was sent.
+Position = int
+START: Position = 0
 
 
-START = Position(0, 0)
+def parse_position(raw: str) -> Position:
+    """An event's `id:` as sent back in `Last-Event-ID`; `0` is the start of the window."""
+    raw = raw.strip()
+    if not raw.isdigit() or len(raw) > 19:
+        raise InvalidRequest("invalid Last-Event-ID", [FieldError(
+            "Last-Event-ID", "must be the id of an event this stream sent (or 0 for the start of the window)")])
+    return int(raw)
 
 
 @dataclass(frozen=True)
@@ -113,7 +95,7 @@ class StreamEvent:
 
     @classmethod
     def from_row(cls, row: Any) -> StreamEvent:
-        position = Position(int(row.xid), row.seq)
+        position = row.seq
         frame = f"id: {position}\nevent: task.{row.kind}\ndata: {row.data}\n\n".encode()
         return cls(position, row.task_id, row.kind, row.task_type, row.kb_id, frame)
 
@@ -199,11 +181,10 @@ class EventFeed:
     async def backlog(self, event_filter: EventFilter, after: Position, until: Position) -> list[StreamEvent]:
         """At most BACKLOG_PAGE events of the window in (after, until]; call again from the last one."""
         where, params = event_filter.where()
-        query = text(f"SELECT {_COLUMNS} FROM task_events WHERE {_AFTER} "
-                     f"AND (xid, seq) <= (CAST(CAST(:until_xid AS text) AS xid8), :until_seq){where} ORDER BY xid, seq LIMIT :limit")
+        query = text(f"SELECT {_COLUMNS} FROM task_events WHERE seq > :after AND seq <= :until{where} "
+                     "ORDER BY seq LIMIT :limit")
         async with self._engine.connect() as conn:
-            rows = await conn.execute(query, {"xid": str(after.xid), "seq": after.seq, "until_xid": str(until.xid),
-                                              "until_seq": until.seq, "limit": BACKLOG_PAGE, **params})
+            rows = await conn.execute(query, {"after": after, "until": until, "limit": BACKLOG_PAGE, **params})
             return [StreamEvent.from_row(r) for r in rows]
 
     async def still_held(self, position: Position) -> bool:
@@ -211,22 +192,20 @@ class EventFeed:
         if position == START:
             return True
         async with self._engine.connect() as conn:
-            return (await conn.execute(_EXISTS, {"xid": str(position.xid), "seq": position.seq})).first() is not None
+            return (await conn.execute(_EXISTS, {"seq": position})).first() is not None
 
     async def close(self) -> None:
         await stop_task(self._reader, "the event feed")
 
     async def _head(self) -> Position:
         async with self._engine.connect() as conn:
-            row = (await conn.execute(_HEAD)).first()
-        return Position(int(row.xid), row.seq) if row else START
+            return int((await conn.execute(_HEAD)).scalar_one())
 
     async def _read_forever(self) -> None:
         while self._count:
             try:
                 async with self._engine.connect() as conn:
-                    rows = (await conn.execute(_NEW, {"xid": str(self._position.xid), "seq": self._position.seq,
-                                                      "limit": READ_BATCH})).all()
+                    rows = (await conn.execute(_NEW, {"after": self._position, "limit": READ_BATCH})).all()
             except Exception as exc:  # noqa: BLE001 - the database may be down; streams wait, heartbeats go on
                 logger.warning("could not read new task events: {}", exc)
                 await asyncio.sleep(max(self._poll, 1.0))
@@ -234,7 +213,7 @@ class EventFeed:
             for row in rows:
                 self._deliver(StreamEvent.from_row(row))
             if rows:
-                self._position = Position(int(rows[-1].xid), rows[-1].seq)
+                self._position = rows[-1].seq
             if len(rows) < READ_BATCH:
                 await asyncio.sleep(self._poll)
 

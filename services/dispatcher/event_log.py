@@ -3,7 +3,9 @@
 The dispatcher appends every task event it consumes, before it writes the
 state those events fold into; the append is idempotent (a redelivered event
 is the same `event_id`, inserted once), so it needs no transaction with the
-state write. A pruner drops events older than EVENT_LOG_RETENTION: that is the
+state write. Appends take a table lock held until they commit, so `seq`
+order is commit order even with several dispatchers: a reader that has seen
+seq N never later finds a new row below N (readers take no lock). A pruner drops events older than EVENT_LOG_RETENTION: that is the
 window a stream can resume in (decision 0131).
 """
 
@@ -32,6 +34,9 @@ FROM jsonb_to_recordset(CAST(:events AS jsonb)) AS e(
 ON CONFLICT (event_id) DO NOTHING
 """).bindparams(bindparam("events", type_=JSONB))
 
+# Conflicts with itself and with the pruner's DELETE, not with readers.
+_SERIALISE = text("LOCK TABLE task_events IN SHARE ROW EXCLUSIVE MODE")
+
 # In slices, so one prune never holds many row locks or runs for long.
 _PRUNE = text("""
 DELETE FROM task_events WHERE seq IN (
@@ -41,8 +46,7 @@ DELETE FROM task_events WHERE seq IN (
 
 class EventLog:
     def __init__(self, engine: AsyncEngine, *, retention_seconds: float) -> None:
-        # One statement, atomic on its own: no BEGIN/COMMIT round trips.
-        self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._engine = engine
         self._retention = retention_seconds
         self._pruner: asyncio.Task[None] | None = None
 
@@ -52,7 +56,8 @@ class EventLog:
         rows = [{"event_id": e.event_id, "task_id": e.task_id, "run": e.run, "kind": e.kind,
                  "task_type": e.task_type, "kb_id": e.kb_id, "at": e.at.isoformat(),
                  "data": e.model_dump(mode="json")} for e in events]
-        async with self._engine.connect() as conn:
+        async with self._engine.begin() as conn:
+            await conn.execute(_SERIALISE)
             await conn.execute(_APPEND, {"events": rows})
 
     def start(self) -> None:
@@ -64,7 +69,7 @@ class EventLog:
     async def prune(self) -> int:
         dropped = 0
         while True:
-            async with self._engine.connect() as conn:
+            async with self._engine.begin() as conn:
                 result = await conn.execute(_PRUNE, {"keep": self._retention, "batch": PRUNE_BATCH})
             dropped += result.rowcount or 0
             if (result.rowcount or 0) < PRUNE_BATCH:
@@ -76,4 +81,4 @@ class EventLog:
                 dropped = await self.prune()
                 if dropped:
                     logger.debug("dropped {} task events older than {:.0f}s", dropped, self._retention)
-            await asyncio.sleep(PRUNE_EVERY_SECONDS)
+            await asyncio.sleep(min(PRUNE_EVERY_SECONDS, self._retention / 2))

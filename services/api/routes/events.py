@@ -19,7 +19,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.api.auth import principal_of
-from services.api.event_feed import EventFeed, EventFilter, Position, Subscription
+from services.api.event_feed import EventFeed, EventFilter, Position, Subscription, parse_position
 from services.api.openapi import Operation, documented
 from services.api.resources import EVENT_FEED, SETTINGS
 from shared import metrics
@@ -42,7 +42,7 @@ class EventQuery(BaseModel):
     kb_id: str | None = Field(default=None, pattern=KB_ID_PATTERN)
     task_id: str | None = Field(default=None, pattern=r"^[0-9A-Fa-f]{8}-?([0-9A-Fa-f]{4}-?){3}[0-9A-Fa-f]{12}$")
     task_type: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
-    last_event_id: str | None = Field(default=None, max_length=40, description=(
+    last_event_id: str | None = Field(default=None, pattern=r"^[0-9]{1,19}$", description=(
         "Resume after this event (as the Last-Event-ID header); `0`: from the start of the window."))
 
 
@@ -67,7 +67,7 @@ def _frame(event: str, data: dict[str, object]) -> bytes:
                 "`id` resumable with `Last-Event-ID`; `stream.reset` when the id is older than the window, "
                 "`stream.closed` before the server ends a stream (`reason`: `slow_client`).",
     tag="events", query=_query_doc, media_type="text/event-stream", errors=(422, 503),
-    headers={"Last-Event-ID": ("Resume after this event.", {"type": "string", "maxLength": 40})},
+    headers={"Last-Event-ID": ("Resume after this event.", {"type": "string", "pattern": "^[0-9]{1,19}$"})},
     responses={200: (None, "The stream.")},
 ))
 async def stream_events(request: web.Request) -> web.StreamResponse:
@@ -76,7 +76,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     except ValidationError as exc:
         raise InvalidRequest("invalid query", field_errors(exc)) from None
     raw_last = request.headers.get("Last-Event-ID") or query.last_event_id
-    last = Position.parse(raw_last) if raw_last else None
+    last = parse_position(raw_last) if raw_last else None
     event_filter = EventFilter(kb_id=query.kb_id, task_id=query.task_id.lower() if query.task_id else None,
                                task_type=query.task_type, scope=principal_of(request).kb_ids)
     feed = request.app[EVENT_FEED]
@@ -157,7 +157,7 @@ async def _send_live(request: web.Request, response: web.StreamResponse, sub: Su
         else:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(response.write(_frame("stream.closed", {
-                    "reason": sub.ended_by_server, "last_event_id": str(last_sent[0]) if last_sent[0] else None,
+                    "reason": sub.ended_by_server, "last_event_id": str(last_sent[0]) if last_sent[0] is not None else None,
                     "message": "the server is shutting down; reconnect with Last-Event-ID to resume"})),
                     FINAL_WRITE_SECONDS)
         return sub.ended_by_server or "slow_client"
@@ -167,7 +167,7 @@ async def _send_live(request: web.Request, response: web.StreamResponse, sub: Su
 async def _close_slow(request: web.Request, response: web.StreamResponse, last: Position | None) -> None:
     buffer = request.app[SETTINGS].events.buffer
     final = _frame("stream.closed", {
-        "reason": "slow_client", "last_event_id": str(last) if last else None,
+        "reason": "slow_client", "last_event_id": str(last) if last is not None else None,
         "message": f"the client fell more than {buffer} events behind (EVENT_STREAM_BUFFER); reconnect with "
                    "Last-Event-ID to resume from the last event it was sent",
     })

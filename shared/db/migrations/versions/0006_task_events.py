@@ -15,12 +15,11 @@ depends_on = None
 
 def upgrade() -> None:
     # Written only by the dispatcher, idempotently (event_id is unique), pruned
-    # after EVENT_LOG_RETENTION. A stream's position is (xid, seq): rows are read
-    # only once every transaction that could still add an earlier one has ended.
+    # after EVENT_LOG_RETENTION. Appends hold a table lock until they commit, so
+    # seq order is commit order: a stream's position is its last seq.
     op.execute("""
         CREATE TABLE task_events (
             seq bigserial PRIMARY KEY,
-            xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
             event_id uuid NOT NULL,
             task_id uuid NOT NULL,
             run integer NOT NULL,
@@ -33,7 +32,6 @@ def upgrade() -> None:
         )
     """)
     op.execute("CREATE UNIQUE INDEX ux_task_events_event_id ON task_events (event_id)")
-    op.execute("CREATE INDEX ix_task_events_position ON task_events (xid, seq)")
     op.execute("CREATE INDEX ix_task_events_task ON task_events (task_id, seq)")
     op.execute("CREATE INDEX ix_task_events_recorded_at ON task_events (recorded_at)")
 
