@@ -70,6 +70,7 @@ RULES: tuple[AccessRule, ...] = (
     rule("GET", "/metrics", Open.METRICS),
     rule("GET", "/api/v1/openapi.json", Open.PUBLIC),
     rule("GET", "/api/v1/docs", Open.PUBLIC),
+    rule("GET", "/api/v1/asyncapi.json", Open.PUBLIC),
     rule("POST", "/api/v1/tasks", WRITE),
     rule("POST", "/api/v1/tasks/batch", WRITE),
     rule("GET", "/api/v1/tasks", READ),
