@@ -232,6 +232,10 @@ class AsyncClient:
             if task.finished:
                 return task
 
+    async def raw(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Any other endpoint (e.g. `/api/v1/stats/workers`): its JSON, with the same retries."""
+        return await self._call(method, path, None, **kwargs)
+
     # --- plumbing ------------------------------------------------------------------------------
 
     def _http(self) -> aiohttp.ClientSession:
@@ -240,15 +244,16 @@ class AsyncClient:
             self._owns_session = True
         return self._session
 
-    async def _call(self, method: str, path: str, model: type[M], *, ok: tuple[int, ...] = (200, 201),
-                    data: Callable[[], Any] | None = None, **kwargs: Any) -> M:
+    async def _call(self, method: str, path: str, model: type[M] | None, *, ok: tuple[int, ...] = (200, 201),
+                    data: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
         headers = {**self._headers, **(kwargs.pop("headers", None) or {})}
         attempt = 0
         while True:
             async with self._http().request(method, self.base_url + path, headers=headers,
                                             data=data() if data else None, **kwargs) as response:
                 if response.status in ok:
-                    return model.model_validate(await response.json(content_type=None))
+                    body = await response.json(content_type=None)
+                    return body if model is None else model.model_validate(body)
                 error = await _error(response)
             attempt += 1
             if error.status not in RETRYABLE_STATUSES or attempt > self.retry_policy.max_retries:
