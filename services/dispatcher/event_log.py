@@ -24,7 +24,8 @@ from shared.messages import TaskEvent
 from shared.runtime import stop_task
 
 PRUNE_EVERY_SECONDS = 30.0
-PRUNE_BATCH = 50_000
+# Small slices: a prune holds off appends (the same lock) only briefly.
+PRUNE_BATCH = 5_000
 
 _APPEND = text("""
 INSERT INTO task_events (event_id, task_id, run, kind, task_type, kb_id, at, data)
