@@ -73,3 +73,7 @@ embedding_texts_total = Counter(
 )
 search_requests_total = Counter("search_requests_total", "Knowledge-base searches by the mode that answered",
                                 ["mode"])
+
+# --- the event stream (GET /api/v1/events) ----------------------------------------------------
+event_streams_open = Gauge("event_streams_open", "Server-sent event streams open on this api")
+event_streams_closed_total = Counter("event_streams_closed_total", "Event streams ended, by why", ["reason"])

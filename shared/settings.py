@@ -466,6 +466,21 @@ class DispatcherSettings(BaseSettings):
     dependency_context_max_bytes: int = Field(default=512 * 1024, alias="DEPENDENCY_CONTEXT_MAX_BYTES", ge=1024)
 
 
+class EventStreamSettings(BaseSettings):
+    """`GET /api/v1/events` and the event log behind it (decision 0131)."""
+
+    model_config = _ENV
+
+    # The dispatcher keeps events this long: the window a stream can resume in.
+    log_retention_seconds: float = Field(default=3600, alias="EVENT_LOG_RETENTION", gt=0)
+    # How often the api reads new events from the log while a stream is open.
+    poll_seconds: float = Field(default=0.2, alias="EVENT_STREAM_POLL", gt=0)
+    heartbeat_seconds: float = Field(default=15, alias="EVENT_STREAM_HEARTBEAT", gt=0)
+    # Events waiting for one client; a client that falls further behind is closed.
+    buffer: int = Field(default=1000, alias="EVENT_STREAM_BUFFER", ge=1)
+    max_streams: int = Field(default=500, alias="EVENT_STREAM_MAX_CONNECTIONS", ge=1)
+
+
 class Settings(BaseModel):
     """Everything one process needs, built once at its entry point."""
 
@@ -484,6 +499,7 @@ class Settings(BaseModel):
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     search: SearchSettings = Field(default_factory=SearchSettings)
+    events: EventStreamSettings = Field(default_factory=EventStreamSettings)
 
     @model_validator(mode="after")
     def _kb_burst_fits_a_batch(self) -> Settings:

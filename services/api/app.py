@@ -32,7 +32,10 @@ from services.api.resources import (
 )
 from services.api.routes.dlq import routes as dlq_routes
 from services.api.routes.docs import routes as docs_routes
+from services.api.routes.events import end_streams_on_shutdown
+from services.api.routes.events import routes as event_routes
 from services.api.routes.kbs import routes as kb_routes
+from services.api.routes.retry import routes as retry_routes
 from services.api.routes.stats import routes as stats_routes
 from services.api.routes.tasks import routes as task_routes
 from services.api.routes.uploads import routes as upload_routes
@@ -119,6 +122,9 @@ def create_app(settings: Settings, registry: TaskTypeRegistry | None = None) -> 
     app.add_routes([*_documented_ops_routes(health_routes(checks, process="api")),
                     web.get("/metrics", documented(METRICS_DOC)(metrics_endpoint))])
     app.add_routes(task_routes)
+    app.add_routes(retry_routes)
+    app.add_routes(event_routes)
+    app.on_shutdown.append(end_streams_on_shutdown)
     app.add_routes(upload_routes)
     app.add_routes(workflow_routes)
     app.add_routes(dlq_routes)

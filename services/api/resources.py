@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.api.admission import Admission
 from services.api.auth import AUTHENTICATOR, Authenticator
 from services.api.dead_letters import DeadLetterQueue
+from services.api.event_feed import EventFeed
 from services.api.query_embedder import QueryEmbedder
 from services.api.queue_monitor import QueueMonitor
 from services.api.queue_stats import QueueStats
@@ -52,6 +53,7 @@ CHECKS = web.AppKey("submission_checks", SubmissionChecks)
 WORKFLOW_INTAKE = web.AppKey("workflow_intake", WorkflowIntake)
 UPLOAD_STORE = web.AppKey("upload_store", UploadStore)
 UPLOAD_QUOTA = web.AppKey("upload_quota", UploadQuota)
+EVENT_FEED = web.AppKey("event_feed", EventFeed)
 
 
 class StartupRefused(RuntimeError):
@@ -79,7 +81,11 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     files = settings.files
     app[UPLOAD_QUOTA] = UploadQuota(app[ENGINE], files.upload_store_root, UploadLimits(
         files.upload_quota_files, files.upload_quota_bytes, files.upload_min_free_bytes))
+    events = settings.events
+    app[EVENT_FEED] = EventFeed(app[ENGINE], poll_seconds=events.poll_seconds, buffer=events.buffer,
+                                max_streams=events.max_streams)
     yield
+    await app[EVENT_FEED].close()
     await bounded(app[ENGINE].dispose(), "closing database connections")
 
 

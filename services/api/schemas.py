@@ -59,6 +59,7 @@ class TaskView(_Body):
     priority: Priority
     attempts: int
     retry_limit: int
+    run: int = Field(default=1, ge=1, description="1 for the first run; each retry or replay starts the next.")
     created_at: datetime
     started_at: datetime | None
     estimated_completion: datetime | None

@@ -7,7 +7,7 @@ from services.api.schemas import CallbackState, TaskCreated, TaskView
 from services.api.task_repository import TaskRow
 
 _TASK_FIELDS = (
-    "task_type", "kb_id", "status", "progress", "stage", "priority", "attempts", "retry_limit", "created_at",
+    "task_type", "kb_id", "status", "progress", "stage", "priority", "attempts", "retry_limit", "run", "created_at",
     "started_at", "estimated_completion", "finished_at", "next_attempt_at", "result", "error",
 )
 

@@ -79,8 +79,21 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--retry-limit", type=int)
     submit.add_argument("--callback-url")
     submit.add_argument("--idempotency-key")
-    submit.add_argument("--wait", action="store_true", help="wait until the task ends and print it")
+    submit.add_argument("--wait", action="store_true", help="show its progress live, then print it when it ends")
     submit.set_defaults(func=cmd_submit)
+
+    ingest = sub.add_parser("ingest", help="upload and submit every file of a folder; resumable")
+    ingest.add_argument("folder")
+    ingest.add_argument("--kb", dest="kb_id", required=True)
+    ingest.add_argument("--task-type", default="document_processing")
+    ingest.add_argument("--state", help="where to remember what was done (default: FOLDER/.taskmgr-ingest.json)")
+    ingest.add_argument("--retry-failed", action="store_true", help="retry files whose task failed last time")
+    ingest.set_defaults(func=cmd_ingest)
+
+    top = sub.add_parser("top", help="live view of workers and queues (admin key)")
+    top.add_argument("--interval", type=float, default=2.0)
+    top.add_argument("--once", action="store_true", help="draw once and exit")
+    top.set_defaults(func=cmd_top)
 
     status = sub.add_parser("status", help="show a task")
     status.add_argument("task_id")
@@ -265,9 +278,34 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     for key in ("kb_id", "priority", "retry_limit", "callback_url"):
         if getattr(args, key) is not None:
             body[key] = getattr(args, key)
+    if args.wait:  # a live progress bar from the event stream (the SDK)
+        from services.cli.sdk import sdk_run
+
+        task = sdk_run(settings, lambda tm, console: console.submit_and_follow(
+            tm, body, idempotency_key=args.idempotency_key))
+        _print(task.model_dump(mode="json"))
+        return 0 if task.status == "completed" else 2
     client = _client(settings)
     created = client.submit(body, args.idempotency_key)
-    return _print_or_wait(client, created, wait=args.wait)
+    return _print_or_wait(client, created, wait=False)
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from services.cli.sdk import sdk_run
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise PreflightError(f"{folder} is not a folder")
+    return sdk_run(settings, lambda tm, console: console.ingest(  # type: ignore[no-any-return]
+        tm, folder, args.kb_id, task_type=args.task_type, state_path=Path(args.state) if args.state else None,
+        retry_failed=args.retry_failed))
+
+
+def cmd_top(args: argparse.Namespace, settings: Settings) -> int:
+    from services.cli.sdk import sdk_run
+
+    return sdk_run(settings, lambda tm, console: console.top(  # type: ignore[no-any-return]
+        tm, interval=args.interval, iterations=1 if args.once else None))
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:

@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from services.dispatcher.callbacks import CallbackSender
 from services.dispatcher.event_consumer import EventConsumer
+from services.dispatcher.event_log import EventLog
 from services.dispatcher.releases import ReleasePublisher
 from services.dispatcher.rpc import DispatcherRpc
 from services.dispatcher.state_writer import TaskStateWriter
@@ -44,12 +45,14 @@ async def run_dispatcher(settings: Settings, registry: TaskTypeRegistry | None =
     callbacks = CallbackSender(engine, settings.callbacks, session, policy)
     workflow_callbacks = WorkflowCallbackSender(engine, settings.callbacks, session, policy)
     releases = ReleasePublisher(engine, publisher, context_max_bytes=settings.dispatcher.dependency_context_max_bytes)
+    event_log = EventLog(engine, retention_seconds=settings.events.log_retention_seconds)
     consumer = EventConsumer(
         TaskStateWriter(engine, default_callback_url=settings.callbacks.kb_callback_url, on_released=releases.wake,
                         on_workflows_closed=workflow_callbacks.wake),
         publisher,
         settings.dispatcher,
         on_callbacks_queued=callbacks.wake,
+        event_log=event_log,
     )
 
     async def database_ready() -> None:
@@ -72,6 +75,7 @@ async def run_dispatcher(settings: Settings, registry: TaskTypeRegistry | None =
     callbacks.start()
     workflow_callbacks.start()
     releases.start()
+    event_log.start()
     logger.info("dispatcher ready")
     await stop.wait()
 
@@ -81,6 +85,7 @@ async def run_dispatcher(settings: Settings, registry: TaskTypeRegistry | None =
     await callbacks.stop()
     await workflow_callbacks.stop()
     await releases.stop()
+    await event_log.stop()
     await session.close()
     if ops is not None:
         await ops.cleanup()

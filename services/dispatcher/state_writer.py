@@ -95,7 +95,7 @@ SELECT EXISTS (SELECT 1 FROM task_edges WHERE parent_id = ANY(CAST(:ids AS uuid[
 """)
 
 _CANCELLED_AMONG = text("""
-SELECT CAST(id AS text) AS id FROM tasks
+SELECT CAST(id AS text) AS id, run FROM tasks
 WHERE id = ANY(CAST(:ids AS uuid[])) AND status = 'cancelled'
 """)
 
@@ -123,10 +123,10 @@ class TaskStateWriter:
         self._single_statements = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._default_callback_url = default_callback_url
 
-    async def apply(self, deltas: Sequence[TaskDelta]) -> tuple[list[Ended], list[str]]:
+    async def apply(self, deltas: Sequence[TaskDelta]) -> tuple[list[Ended], list[tuple[str, int]]]:
         """Commit `deltas` atomically. Answers the tasks that ended now, and the
-        ids among still-running deltas whose task was already cancelled (their
-        workers missed the cancel and should be told again)."""
+        (id, run) among still-running deltas whose task was already cancelled
+        (their workers missed the cancel and should be told again)."""
         batch = [_record(d) for d in deltas]
         requeues = [r for r, d in zip(batch, deltas, strict=True) if d.requeued]
         params = {"batch": batch, "default_callback_url": self._default_callback_url}
@@ -167,7 +167,8 @@ class TaskStateWriter:
             conn, [e.task_id for e in ended], default_callback_url=self._default_callback_url)
 
     @staticmethod
-    def _outcome(deltas: Sequence[TaskDelta], rows: Sequence[Any], stale: list[str]) -> tuple[list[Ended], list[str]]:
+    def _outcome(deltas: Sequence[TaskDelta], rows: Sequence[Any],
+                 stale: list[tuple[str, int]]) -> tuple[list[Ended], list[tuple[str, int]]]:
         ended = [
             Ended(r.id, TaskStatus(r.status), r.task_type, r.callback_queued)
             for r in rows
@@ -176,7 +177,9 @@ class TaskStateWriter:
         return ended, stale
 
     @staticmethod
-    async def _stale_cancelled(conn: AsyncConnection, deltas: Sequence[TaskDelta], rows: Sequence[Any]) -> list[str]:
+    async def _stale_cancelled(
+        conn: AsyncConnection, deltas: Sequence[TaskDelta], rows: Sequence[Any]
+    ) -> list[tuple[str, int]]:
         # Deltas that changed nothing hit a frozen (terminal) row: if it was
         # cancelled, a worker is running a task it should have skipped.
         updated = {r.id for r in rows}
@@ -184,7 +187,7 @@ class TaskStateWriter:
         if not unchanged:
             return []
         found = await conn.execute(_CANCELLED_AMONG, {"ids": unchanged})
-        return [r.id for r in found]
+        return [(r.id, r.run) for r in found]
 
 
 def _record(delta: TaskDelta) -> dict[str, Any]:

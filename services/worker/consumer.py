@@ -207,7 +207,7 @@ class StageWorker:
         with logger.contextualize(
             task_id=task.task_id, kb_id=task.kb_id, task_type=task.task_type, stage=self.stage, attempt=attempt
         ):
-            if self._cancellations.is_cancelled(task.task_id):
+            if self._cancellations.is_cancelled(task.task_id, task.run):
                 logger.info("skipping a task cancelled before it ran")
                 await self._settle(message, [self._event_step(_cancelled(task, attempt))])
                 return

@@ -229,7 +229,7 @@ async def cancel_task(request: web.Request) -> web.Response:
             stage=row["stage"] or "default", attempt=max(row["attempts"], 1), finished_at=utcnow(),
         )
     )
-    await publisher.control(CancelTask(task_id=task_id))
+    await publisher.control(CancelTask(task_id=task_id, run=row["run"]))
     deadline = asyncio.get_running_loop().time() + CANCEL_WAIT_SECONDS
     while asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.02)
