@@ -415,6 +415,8 @@ class DispatcherSettings(BaseSettings):
     batch_max_events: int = Field(default=500, alias="DISPATCHER_BATCH_MAX", ge=1)
     # Under load only, how long a batch may linger to grow (an idle dispatcher writes at once).
     batch_max_wait_seconds: float = Field(default=0.02, alias="DISPATCHER_BATCH_WAIT", ge=0)
+    # How often the release loop looks for due delayed tasks: bounds their lateness (decision 0090).
+    scheduler_poll_seconds: float = Field(default=0.25, alias="SCHEDULER_POLL_SECONDS", gt=0, le=60)
 
 
 class Settings(BaseModel):

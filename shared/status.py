@@ -6,6 +6,7 @@ from enum import StrEnum
 
 
 class TaskStatus(StrEnum):
+    SCHEDULED = "scheduled"  # delayed: waits in PostgreSQL until its run_at (decision 0090)
     QUEUED = "queued"
     PROCESSING = "processing"
     COMPLETED = "completed"
@@ -24,6 +25,7 @@ class TaskStatus(StrEnum):
 
 
 _RANK = {
+    TaskStatus.SCHEDULED: -1,
     TaskStatus.QUEUED: 0,
     TaskStatus.PROCESSING: 1,
     TaskStatus.COMPLETED: 2,

@@ -25,8 +25,9 @@ from datetime import datetime
 
 from loguru import logger
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from services.api import scheduling
 from services.api import task_repository as repo
 from services.api.task_repository import TaskRow
 from shared import metrics
@@ -144,7 +145,8 @@ class Admission:
                 existing = await repo.tasks_by_idempotency_key(
                     conn, [(r["created_by"], r["idempotency_key"]) for r in rows if r["id"] not in inserted]
                 )
-                to_publish = [i for i, row in enumerate(rows) if row["id"] in inserted]
+                await self._hold_back(conn, items, rows, inserted, results, now)
+                to_publish = [i for i, row in enumerate(rows) if row["id"] in inserted and results[i] is None]
                 outcomes = await asyncio.gather(
                     *(self._publisher.task(_message(items[i][0], rows[i])) for i in to_publish),
                     return_exceptions=True,
@@ -160,10 +162,34 @@ class Admission:
                     if results[i] is None:
                         results[i] = _replayed(row, existing.get((row["created_by"], row["idempotency_key"])), refused)
                 await repo.delete_tasks(conn, refused)
+                await scheduling.release_unique_keys(conn, sorted(refused))
         except _DB_ERRORS as exc:
             logger.warning("admission failed: database unavailable ({})", type(exc).__name__)
             return [Unavailable("the task database is unavailable; retry shortly") for _ in items]
         return [r for r in results if r is not None]
+
+
+    @staticmethod
+    async def _hold_back(conn: AsyncConnection, items: Sequence[_Owned], rows: list[dict[str, object]],
+                         inserted: set[str], results: list[AdmissionResult | None], now: datetime) -> None:
+        """Decide, for each inserted row, what is not published now (decision 0090): a
+        duplicate of a unique key answers its holder (and is deleted), a delayed task waits."""
+        duplicates, delayed = [], []
+        for i, row in enumerate(rows):
+            if row["id"] not in inserted:
+                continue
+            request = items[i][0].request
+            if request.unique_key is not None:
+                holder = await scheduling.claim_unique_key(conn, row, request.unique_for_seconds, now)
+                if holder is not None:
+                    duplicates.append(str(row["id"]))
+                    results[i] = Admitted(holder, created=False)
+                    continue
+            if row["status"] == TaskStatus.SCHEDULED.value:
+                delayed.append((str(row["id"]), row["run_at"], _message(items[i][0], row)))
+                results[i] = Admitted(row, created=True)
+        await repo.delete_tasks(conn, duplicates)
+        await scheduling.insert_delayed(conn, delayed)  # type: ignore[arg-type]
 
 
 def _count(waiting: _Waiting, results: Sequence[AdmissionResult]) -> None:
@@ -181,6 +207,7 @@ def _count(waiting: _Waiting, results: Sequence[AdmissionResult]) -> None:
 
 def _row(valid: ValidTask, idempotency_key: str | None, owner: str, now: datetime) -> dict[str, object]:
     request = valid.request
+    due_at = request.due_at(now)
     return {
         "id": new_task_id(),
         "run": 1,
@@ -192,7 +219,7 @@ def _row(valid: ValidTask, idempotency_key: str | None, owner: str, now: datetim
         "retry_limit": valid.retry_limit,
         "timeout_seconds": request.timeout_seconds,
         "callback_url": valid.callback_url,
-        "status": TaskStatus.QUEUED.value,
+        "status": (TaskStatus.QUEUED if due_at is None else TaskStatus.SCHEDULED).value,
         "progress": 0,
         "stage": valid.task_type.stages[0],
         "attempts": 0,
@@ -202,6 +229,8 @@ def _row(valid: ValidTask, idempotency_key: str | None, owner: str, now: datetim
         # Only an idempotent retry needs the fingerprint; hashing every request costs.
         "request_hash": valid.request_hash if idempotency_key is not None else None,
         "created_by": owner,
+        "run_at": due_at,
+        "unique_key": request.unique_key,
     }
 
 

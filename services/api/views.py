@@ -8,12 +8,13 @@ from services.api.task_repository import TaskRow
 
 _TASK_FIELDS = (
     "task_type", "kb_id", "status", "progress", "stage", "priority", "attempts", "retry_limit", "created_at",
-    "started_at", "estimated_completion", "finished_at", "next_attempt_at", "result", "error",
+    "started_at", "estimated_completion", "finished_at", "next_attempt_at", "result", "error", "run_at",
 )
 
 
-def task_created_view(row: TaskRow) -> TaskCreated:
-    return TaskCreated(task_id=str(row["id"]), status=row["status"], created_at=row["created_at"])
+def task_created_view(row: TaskRow, created: bool | None = None) -> TaskCreated:
+    return TaskCreated(task_id=str(row["id"]), status=row["status"], created_at=row["created_at"],
+                       run_at=row.get("run_at"), created=created)
 
 
 def task_view(row: TaskRow, **extra: object) -> TaskView:

@@ -12,6 +12,7 @@ from sqlalchemy import text
 from services.dispatcher.callbacks import CallbackSender
 from services.dispatcher.event_consumer import EventConsumer
 from services.dispatcher.rpc import DispatcherRpc
+from services.dispatcher.scheduler import DelayedRelease
 from services.dispatcher.state_writer import TaskStateWriter
 from shared.amqp.connection import connect
 from shared.amqp.publisher import Publisher
@@ -65,10 +66,13 @@ async def run_dispatcher(settings: Settings, registry: TaskTypeRegistry | None =
     await consumer.start(connection, topology)
     await rpc.start(connection, topology)
     callbacks.start()
+    delayed = DelayedRelease(engine, publisher, poll_seconds=settings.dispatcher.scheduler_poll_seconds)
+    delayed.start()
     logger.info("dispatcher ready")
     await stop.wait()
 
     logger.info("dispatcher shutting down")
+    await delayed.stop()
     await consumer.stop()
     await rpc.stop()
     await callbacks.stop()

@@ -21,7 +21,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
 metadata = MetaData()
 
-TASK_STATUSES = ("queued", "processing", "completed", "failed", "cancelled")
+TASK_STATUSES = ("scheduled", "queued", "processing", "completed", "failed", "cancelled")
 CALLBACK_STATES = ("pending", "delivered", "failed")
 
 tasks = Table(
@@ -53,6 +53,8 @@ tasks = Table(
     Column("request_hash", Text),
     # "key:<id>", "anonymous" (auth off) or "amqp" (tm.submit); idempotency keys are per owner.
     Column("created_by", Text, nullable=False, server_default="anonymous"),
+    Column("run_at", DateTime(timezone=True)),  # a delayed task's due time (status 'scheduled' until then)
+    Column("unique_key", Text),
     CheckConstraint(f"status IN {TASK_STATUSES}", name="ck_tasks_status"),
     CheckConstraint("progress BETWEEN 0 AND 100", name="ck_tasks_progress"),
     Index("ux_tasks_owner_idempotency_key", "created_by", "idempotency_key", unique=True,
@@ -110,4 +112,24 @@ uploads = Table(
     Column("content_type", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     Index("ix_uploads_created_at", "created_at"),
+)
+
+# A delayed task's message, published by the dispatcher's release loop when due (decision 0090).
+delayed_tasks = Table(
+    "delayed_tasks",
+    metadata,
+    Column("task_id", UUID(as_uuid=False), primary_key=True),
+    Column("due_at", DateTime(timezone=True), nullable=False),
+    Column("message", JSONB, nullable=False),
+    Index("ix_delayed_tasks_due_at", "due_at"),
+)
+
+# Who holds a unique key (per owner); reclaimable once its task ended and its window passed.
+unique_keys = Table(
+    "unique_keys",
+    metadata,
+    Column("owner", Text, primary_key=True),
+    Column("unique_key", Text, primary_key=True),
+    Column("task_id", UUID(as_uuid=False), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
 )
