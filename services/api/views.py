@@ -13,8 +13,14 @@ _TASK_FIELDS = (
 
 
 def task_created_view(row: TaskRow, created: bool | None = None) -> TaskCreated:
-    return TaskCreated(task_id=str(row["id"]), status=row["status"], created_at=row["created_at"],
-                       run_at=row.get("run_at"), created=created)
+    """The seed's `{task_id, status, created_at}`, plus `run_at` for a delayed task and
+    `created: false` for a replay (left out otherwise, so the seed's shape holds)."""
+    extra: dict[str, object] = {}
+    if row.get("run_at") is not None:
+        extra["run_at"] = row["run_at"]
+    if created is False:
+        extra["created"] = False
+    return TaskCreated(task_id=str(row["id"]), status=row["status"], created_at=row["created_at"], **extra)
 
 
 def task_view(row: TaskRow, **extra: object) -> TaskView:
