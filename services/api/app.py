@@ -32,6 +32,7 @@ from services.api.resources import (
 from services.api.routes.dlq import routes as dlq_routes
 from services.api.routes.docs import routes as docs_routes
 from services.api.routes.kbs import routes as kb_routes
+from services.api.routes.schedules import routes as schedule_routes
 from services.api.routes.stats import routes as stats_routes
 from services.api.routes.tasks import routes as task_routes
 from services.api.routes.uploads import routes as upload_routes
@@ -121,4 +122,5 @@ def create_app(settings: Settings, registry: TaskTypeRegistry | None = None) -> 
     app.add_routes(stats_routes)
     app.add_routes(docs_routes)
     app.add_routes(kb_routes)
+    app.add_routes(schedule_routes)
     return app

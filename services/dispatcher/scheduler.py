@@ -44,18 +44,19 @@ _FORGET = text("DELETE FROM delayed_tasks WHERE task_id = ANY(CAST(:ids AS uuid[
 _DB_ERRORS = (DBAPIError, InterfaceError, OperationalError, OSError, ConnectionError)
 
 
-class DelayedRelease:
-    """Publishes delayed tasks when due; `poll_seconds` bounds how late one can be."""
+class PollingLoop:
+    """A pass run every `poll_seconds` (at once again while a pass finds a full batch);
+    a failing pass is logged and retried, never ends the loop."""
 
-    def __init__(self, engine: AsyncEngine, publisher: Publisher, *, poll_seconds: float) -> None:
-        self._engine = engine
-        self._publisher = publisher
+    name = "polling loop"
+
+    def __init__(self, *, poll_seconds: float) -> None:
         self._poll_seconds = poll_seconds
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="delayed-release")
+        self._task = asyncio.create_task(self._run(), name=self.name)
 
     async def stop(self) -> None:
         self._stop.set()
@@ -63,19 +64,37 @@ class DelayedRelease:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    async def run_pass(self) -> bool:
+        """One pass; True when more work is waiting right now."""
+        raise NotImplementedError
+
     async def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                taken = await self.release_due()
+                more = await self.run_pass()
             except _DB_ERRORS as exc:
-                logger.warning("releasing delayed tasks failed: database unavailable ({})", type(exc).__name__)
-                taken = 0
+                logger.warning("{} failed: database unavailable ({})", self.name, type(exc).__name__)
+                more = False
             except Exception:  # noqa: BLE001 - a broker hiccup must not end the loop; rows stay for the next pass
-                logger.exception("releasing delayed tasks failed")
-                taken = 0
-            if taken < RELEASE_BATCH:
+                logger.exception("{} failed", self.name)
+                more = False
+            if not more:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), self._poll_seconds)
+
+
+class DelayedRelease(PollingLoop):
+    """Publishes delayed tasks when due; `poll_seconds` bounds how late one can be."""
+
+    name = "releasing delayed tasks"
+
+    def __init__(self, engine: AsyncEngine, publisher: Publisher, *, poll_seconds: float) -> None:
+        super().__init__(poll_seconds=poll_seconds)
+        self._engine = engine
+        self._publisher = publisher
+
+    async def run_pass(self) -> bool:
+        return await self.release_due() == RELEASE_BATCH
 
     async def release_due(self) -> int:
         """One pass; answers how many due rows it took."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
+    ForeignKey,
     CheckConstraint,
     Column,
     DateTime,
@@ -132,4 +134,35 @@ unique_keys = Table(
     Column("unique_key", Text, primary_key=True),
     Column("task_id", UUID(as_uuid=False), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+
+# Periodic schedules (docs/scheduler.md); `next_fire_at` is the first firing not yet made.
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("id", UUID(as_uuid=False), primary_key=True),
+    Column("name", Text),
+    Column("cron", Text, nullable=False),
+    Column("timezone", Text, nullable=False),
+    Column("catch_up", Text, nullable=False),
+    Column("task", JSONB, nullable=False),  # the validated task request each firing submits
+    Column("kb_id", Text),
+    Column("created_by", Text, nullable=False),
+    Column("paused", Boolean, nullable=False, server_default=text("false")),
+    Column("next_fire_at", DateTime(timezone=True), nullable=False),
+    Column("last_fire_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint("catch_up IN ('none', 'latest', 'all')", name="ck_schedules_catch_up"),
+    Index("ix_schedules_due", "next_fire_at", postgresql_where=text("NOT paused")),
+)
+
+# One row per firing: the primary key (schedule, fire time) makes each firing one task.
+schedule_firings = Table(
+    "schedule_firings",
+    metadata,
+    Column("schedule_id", UUID(as_uuid=False), ForeignKey("schedules.id", ondelete="CASCADE"), primary_key=True),
+    Column("fire_time", DateTime(timezone=True), primary_key=True),
+    Column("fired_at", DateTime(timezone=True), nullable=False),
+    Column("idempotency_key", Text, nullable=False),
 )

@@ -1,4 +1,4 @@
-"""scheduler: delayed tasks (status 'scheduled', run_at, delayed_tasks) and unique keys
+"""scheduler: delayed tasks (status 'scheduled', run_at, delayed_tasks), unique keys, periodic schedules
 
 Revision ID: 0005
 Revises: 0003
@@ -40,9 +40,38 @@ def upgrade() -> None:
         sa.Column("task_id", postgresql.UUID(as_uuid=False), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
     )
+    op.create_table(
+        "schedules",
+        sa.Column("id", postgresql.UUID(as_uuid=False), primary_key=True),
+        sa.Column("name", sa.Text),
+        sa.Column("cron", sa.Text, nullable=False),
+        sa.Column("timezone", sa.Text, nullable=False),
+        sa.Column("catch_up", sa.Text, nullable=False),
+        sa.Column("task", postgresql.JSONB, nullable=False),
+        sa.Column("kb_id", sa.Text),
+        sa.Column("created_by", sa.Text, nullable=False),
+        sa.Column("paused", sa.Boolean, nullable=False, server_default=sa.false()),
+        sa.Column("next_fire_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("last_fire_at", sa.DateTime(timezone=True)),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.CheckConstraint("catch_up IN ('none', 'latest', 'all')", name="ck_schedules_catch_up"),
+    )
+    op.create_index("ix_schedules_due", "schedules", ["next_fire_at"], postgresql_where=sa.text("NOT paused"))
+    # One row per firing: the primary key is what makes a firing produce exactly one task.
+    op.create_table(
+        "schedule_firings",
+        sa.Column("schedule_id", postgresql.UUID(as_uuid=False),
+                  sa.ForeignKey("schedules.id", ondelete="CASCADE"), primary_key=True),
+        sa.Column("fire_time", sa.DateTime(timezone=True), primary_key=True),
+        sa.Column("fired_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("idempotency_key", sa.Text, nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("schedule_firings")
+    op.drop_table("schedules")
     op.drop_table("unique_keys")
     op.drop_table("delayed_tasks")
     op.execute("DELETE FROM tasks WHERE status = 'scheduled'")
