@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import croniter  # type: ignore[import-untyped]  # no stubs shipped
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # At most this many missed firings are created per schedule per pass with `catch_up: all`;
@@ -109,4 +109,4 @@ def due_firings(
 def _last_before(cron: str, timezone: str, now: datetime) -> datetime | None:
     """The latest firing at or before `now`."""
     previous = croniter(cron, now.astimezone(zone(timezone)), second_at_beginning=True).get_prev(datetime)
-    return previous.astimezone(UTC) if previous is not None else None  # type: ignore[no-any-return]
+    return previous.astimezone(UTC) if previous is not None else None

@@ -13,10 +13,11 @@ return the same task.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 import orjson
 from loguru import logger
-from sqlalchemy import text
+from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.dispatcher.scheduler import PollingLoop
@@ -72,11 +73,10 @@ class ScheduleFiring(PollingLoop):
                 await self._fire(conn, row)
         return len(rows) == SCHEDULES_PER_PASS
 
-    async def _fire(self, conn: AsyncConnection, row: object) -> None:
-        firings = due_firings(row.cron, row.timezone, row.next_fire_at, utcnow(),  # type: ignore[attr-defined]
-                              CatchUp(row.catch_up), self._grace)  # type: ignore[attr-defined]
-        schedule_id: str = row.id  # type: ignore[attr-defined]
-        body = orjson.dumps(row.task)  # type: ignore[attr-defined]
+    async def _fire(self, conn: AsyncConnection, row: Row[Any]) -> None:
+        firings = due_firings(row.cron, row.timezone, row.next_fire_at, utcnow(), CatchUp(row.catch_up), self._grace)
+        schedule_id: str = row.id
+        body = orjson.dumps(row.task)
         for fire_time in firings.fire_times:
             key = firing_key(schedule_id, fire_time)
             if (await conn.execute(_FIRE, {"id": schedule_id, "fire_time": fire_time, "key": key})).first():

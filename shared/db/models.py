@@ -6,11 +6,11 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     Boolean,
-    ForeignKey,
     CheckConstraint,
     Column,
     DateTime,
     Float,
+    ForeignKey,
     Index,
     Integer,
     MetaData,
