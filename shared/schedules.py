@@ -14,8 +14,8 @@ from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter  # type: ignore[import-untyped]  # no stubs shipped
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from croniter import CroniterBadDateError, croniter  # type: ignore[import-untyped]  # no stubs shipped
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # At most this many missed firings are created per schedule per pass with `catch_up: all`;
 # the rest follow on the next passes.
@@ -35,7 +35,8 @@ class ScheduleRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
-    name: str | None = Field(default=None, min_length=1, max_length=200, description="A label for people.")
+    name: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^[^\x00]*$",
+                             description="A label for people.")
     cron: str = Field(min_length=1, max_length=200, description=(
         "5 fields (min hour day month weekday) or 6 with seconds first (sec min hour day month weekday)."))
     timezone: str = Field(default="UTC", min_length=1, max_length=64, description="IANA name, e.g. Europe/Paris.")
@@ -57,6 +58,14 @@ class ScheduleRequest(BaseModel):
     def _timezone(cls, value: str) -> str:
         zone(value)
         return value
+
+    @model_validator(mode="after")
+    def _fires(self) -> ScheduleRequest:
+        try:
+            next_fire_time(self.cron, self.timezone, datetime.now(UTC))
+        except (CroniterBadDateError, OverflowError, ValueError):
+            raise ValueError(f"cron {self.cron!r} never fires") from None
+        return self
 
 
 def zone(name: str) -> ZoneInfo:
