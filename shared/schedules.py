@@ -15,7 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadDateError, croniter  # type: ignore[import-untyped]  # no stubs shipped
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 # At most this many missed firings are created per schedule per pass with `catch_up: all`;
 # the rest follow on the next passes.
@@ -37,9 +37,10 @@ class ScheduleRequest(BaseModel):
 
     name: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^[^\x00]*$",
                              description="A label for people.")
+    # Before cron: the cron check reads it.
+    timezone: str = Field(default="UTC", min_length=1, max_length=64, description="IANA name, e.g. Europe/Paris.")
     cron: str = Field(min_length=1, max_length=200, description=(
         "5 fields (min hour day month weekday) or 6 with seconds first (sec min hour day month weekday)."))
-    timezone: str = Field(default="UTC", min_length=1, max_length=64, description="IANA name, e.g. Europe/Paris.")
     catch_up: CatchUp = Field(default=CatchUp.NONE, description="Firings missed while the fleet was down: "
                                                                 "none (skip), latest (run one), all.")
     task: dict[str, Any] = Field(description="The task each firing submits: a `POST /api/v1/tasks` body "
@@ -47,10 +48,14 @@ class ScheduleRequest(BaseModel):
 
     @field_validator("cron")
     @classmethod
-    def _cron(cls, value: str) -> str:
+    def _cron(cls, value: str, info: ValidationInfo) -> str:
         fields = value.split()
         if len(fields) not in (5, 6) or not croniter.is_valid(value, second_at_beginning=True):
             raise ValueError("must be a cron expression of 5 fields, or 6 with seconds first")
+        try:
+            next_fire_time(value, info.data.get("timezone", "UTC"), datetime.now(UTC))
+        except (CroniterBadDateError, OverflowError, ValueError):
+            raise ValueError("never fires (no such date)") from None
         return " ".join(fields)
 
     @field_validator("timezone")
@@ -58,14 +63,6 @@ class ScheduleRequest(BaseModel):
     def _timezone(cls, value: str) -> str:
         zone(value)
         return value
-
-    @model_validator(mode="after")
-    def _fires(self) -> ScheduleRequest:
-        try:
-            next_fire_time(self.cron, self.timezone, datetime.now(UTC))
-        except (CroniterBadDateError, OverflowError, ValueError):
-            raise ValueError(f"cron {self.cron!r} never fires") from None
-        return self
 
 
 def zone(name: str) -> ZoneInfo:
