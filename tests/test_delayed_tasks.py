@@ -4,10 +4,12 @@ the database, not from wall-clock waits."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from sqlalchemy import text
 
@@ -17,6 +19,7 @@ from tests.support.api import ApiClient
 from tests.support.eventually import eventually
 from tests.support.fleet import Fleet, Process, standard
 from tests.support.metrics import metrics_url, scrape
+from tests.test_submit_queue import SubmitClient, submitter  # noqa: F401 - the fixture
 
 
 async def _task_row(fleet: Fleet, task_id: str) -> Any:
@@ -126,3 +129,12 @@ async def test_bad_scheduling_fields_are_refused_naming_the_field(
     status, answer = await api.call("POST", "/api/v1/tasks", json={"task_type": "echo", **body})
     assert status == 422, answer
     assert field in [d["field"] for d in answer["error"]["details"]], answer
+
+
+async def test_tm_submit_takes_delay_and_unique_key_like_rest(submitter: SubmitClient, api: ApiClient) -> None:  # noqa: F811
+    key = f"amqp-{uuid.uuid4()}"
+    reply = await submitter.submit(orjson.dumps({"task_type": "echo", "delay_seconds": 1, "unique_key": key}))
+    assert reply["ok"] is True and reply["created"] is True and reply["status"] == "scheduled", reply
+    again = await submitter.submit(orjson.dumps({"task_type": "echo", "unique_key": key}))
+    assert again["created"] is False and again["task_id"] == reply["task_id"], again
+    assert (await api.wait_for(reply["task_id"], timeout=20))["status"] == "completed"
