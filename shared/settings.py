@@ -464,6 +464,10 @@ class DispatcherSettings(BaseSettings):
     batch_max_wait_seconds: float = Field(default=0.02, alias="DISPATCHER_BATCH_WAIT", ge=0)
     # Parents' results a released task carries in context.parents; above this only their statuses.
     dependency_context_max_bytes: int = Field(default=512 * 1024, alias="DEPENDENCY_CONTEXT_MAX_BYTES", ge=1024)
+    # How often the release loop looks for due delayed tasks: bounds their lateness (decision 0090).
+    scheduler_poll_seconds: float = Field(default=0.25, alias="SCHEDULER_POLL_SECONDS", gt=0, le=60)
+    # A periodic firing older than this when a dispatcher gets to it was missed (catch_up decides).
+    schedule_misfire_grace_seconds: float = Field(default=10, alias="SCHEDULE_MISFIRE_GRACE_SECONDS", gt=0)
 
 
 class EventStreamSettings(BaseSettings):

@@ -66,7 +66,8 @@ NEEDS = {
     },
     "taskmgr-dispatcher": {
         "configure": [],
-        "write": [CONTROL_EXCHANGE, DEAD_LETTER_EXCHANGE, DEFAULT],
+        # tm.tasks: released delayed tasks (decision 0090); the default exchange: schedules' firings to tm.submit.
+        "write": [TASKS_EXCHANGE, CONTROL_EXCHANGE, DEAD_LETTER_EXCHANGE, DEFAULT],
         "read": [DISPATCHER_EVENTS_QUEUE, DISPATCHER_RPC_QUEUE],
     },
     "kb-service": {
@@ -84,7 +85,7 @@ MUST_NOT = {
                        "write": [SUBMIT_EXCHANGE, CONTROL_EXCHANGE],
                        "read": [SUBMIT_QUEUE, DEAD_QUEUE, DISPATCHER_EVENTS_QUEUE, "tm.stage.a.b"]},
     "taskmgr-dispatcher": {"configure": [SERVER_NAMED, DISPATCHER_EVENTS_QUEUE],
-                           "write": [TASKS_EXCHANGE, EVENTS_EXCHANGE, RETRY_EXCHANGE],
+                           "write": [EVENTS_EXCHANGE, RETRY_EXCHANGE],
                            "read": [SUBMIT_QUEUE, DEAD_QUEUE, *STAGES]},
     "kb-service": {"configure": [SUBMIT_QUEUE, SUBMIT_EXCHANGE, *STAGES],
                    "write": [DEFAULT, TASKS_EXCHANGE, EVENTS_EXCHANGE, CONTROL_EXCHANGE, DEAD_LETTER_EXCHANGE],

@@ -82,6 +82,12 @@ RULES: tuple[AccessRule, ...] = (
     rule("POST", "/api/v1/workflows", WRITE),
     rule("GET", "/api/v1/workflows/{workflow_id}", READ),
     rule("DELETE", "/api/v1/workflows/{workflow_id}", WRITE),
+    # Periodic schedules: scoped to their template's kb inside the handlers, like tasks.
+    rule("POST", "/api/v1/schedules", WRITE),
+    rule("GET", "/api/v1/schedules", READ),
+    rule("GET", "/api/v1/schedules/{schedule_id}", READ),
+    rule("DELETE", "/api/v1/schedules/{schedule_id}", WRITE),
+    rule("POST", "/api/v1/schedules/{schedule_id}/{action}", WRITE),
     # Fleet-wide operations: every tenant's dead letters and statistics.
     rule("*", "/api/v1/dlq", ADMIN),
     rule("*", "/api/v1/dlq/{tail:.*}", ADMIN),

@@ -36,6 +36,7 @@ from services.api.routes.events import end_streams_on_shutdown
 from services.api.routes.events import routes as event_routes
 from services.api.routes.kbs import routes as kb_routes
 from services.api.routes.retry import routes as retry_routes
+from services.api.routes.schedules import routes as schedule_routes
 from services.api.routes.stats import routes as stats_routes
 from services.api.routes.tasks import routes as task_routes
 from services.api.routes.uploads import routes as upload_routes
@@ -131,4 +132,5 @@ def create_app(settings: Settings, registry: TaskTypeRegistry | None = None) -> 
     app.add_routes(stats_routes)
     app.add_routes(docs_routes)
     app.add_routes(kb_routes)
+    app.add_routes(schedule_routes)
     return app

@@ -119,7 +119,7 @@ class SubmitConsumer:
             await self._refuse(message, result)
             return
         assert isinstance(result, Admitted)
-        created = task_created_view(result.task).model_dump()
+        created = task_created_view(result.task).model_dump(exclude_unset=True)
         await self._reply(message, {"ok": True, "created": result.created, **created})
         await message.ack()
 

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from loguru import logger
 
+from services.cli import schedules as schedules_cli
 from services.cli.client import ApiClient, ApiError, ApiUnreachable
 from services.cli.supervisor import Supervisor, fleet
 from services.worker.stages import known_stages
@@ -114,6 +115,8 @@ def _parser() -> argparse.ArgumentParser:
         action.add_argument("task_ids", nargs="*")
         action.add_argument("--all", action="store_true")
     dlq.set_defaults(func=cmd_dlq)
+
+    schedules_cli.register(sub).set_defaults(func=cmd_schedules)
 
     keys = sub.add_parser("keys", help="API keys: create (shown once), list, revoke")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
@@ -329,6 +332,14 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
             raise PreflightError(f"dlq {args.dlq_command}: give task ids or --all (not both)")
         body = {"all": True} if args.all else {"task_ids": args.task_ids}
         _print(client.request("POST", f"/api/v1/dlq/{args.dlq_command}", body)[1])
+    return 0
+
+
+def cmd_schedules(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        _print(schedules_cli.run(args, _client(settings)))
+    except schedules_cli.ScheduleArgumentError as exc:
+        raise PreflightError(str(exc)) from None
     return 0
 
 

@@ -100,7 +100,7 @@ class ReleasePublisher:
                 await conn.execute(_PUT_BACK, {"rows": [{"task_id": r.task_id, "message": r.message}
                                                         for r in refused]})
         published = len(runnable) - len(refused)
-        metrics.tasks_released_total.inc(published)
+        metrics.tasks_released_total.labels("dependencies").inc(published)
         for r in runnable:
             if r not in refused:
                 logger.bind(task_id=r.task_id).debug("released: every parent settled")

@@ -12,8 +12,10 @@ from sqlalchemy import text
 from services.dispatcher.callbacks import CallbackSender
 from services.dispatcher.event_consumer import EventConsumer
 from services.dispatcher.event_log import EventLog
+from services.dispatcher.periodic import ScheduleFiring
 from services.dispatcher.releases import ReleasePublisher
 from services.dispatcher.rpc import DispatcherRpc
+from services.dispatcher.scheduler import DelayedRelease
 from services.dispatcher.state_writer import TaskStateWriter
 from services.dispatcher.workflow_callbacks import WorkflowCallbackSender
 from shared.amqp.connection import connect
@@ -76,10 +78,17 @@ async def run_dispatcher(settings: Settings, registry: TaskTypeRegistry | None =
     workflow_callbacks.start()
     releases.start()
     event_log.start()
+    delayed = DelayedRelease(engine, publisher, poll_seconds=settings.dispatcher.scheduler_poll_seconds)
+    delayed.start()
+    periodic = ScheduleFiring(engine, publisher, poll_seconds=settings.dispatcher.scheduler_poll_seconds,
+                              grace_seconds=settings.dispatcher.schedule_misfire_grace_seconds)
+    periodic.start()
     logger.info("dispatcher ready")
     await stop.wait()
 
     logger.info("dispatcher shutting down")
+    await delayed.stop()
+    await periodic.stop()
     await consumer.stop()
     await rpc.stop()
     await callbacks.stop()

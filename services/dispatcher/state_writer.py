@@ -22,7 +22,7 @@ from services.dispatcher import dependencies, workflow_ends
 from services.dispatcher.state_fold import TaskDelta
 from shared.status import TaskStatus
 
-_RANK = "CASE {} WHEN 'waiting' THEN -1 WHEN 'queued' THEN 0 WHEN 'processing' THEN 1 ELSE 2 END"
+_RANK = "CASE {} WHEN 'waiting' THEN -1 WHEN 'scheduled' THEN -1 WHEN 'queued' THEN 0 WHEN 'processing' THEN 1 ELSE 2 END"
 _TERMINAL = "('completed', 'failed', 'cancelled')"
 _RECORD = """
     id uuid, run int, task_type text, kb_id text, status text, progress int, stage text, attempts int,

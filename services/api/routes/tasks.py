@@ -99,7 +99,7 @@ async def submit_task(request: web.Request) -> web.Response:
     result = await admit_one(request, valid)
     task_id = str(result.task["id"])
     return json_response(
-        task_created_view(result.task),
+        task_created_view(result.task, result.created),
         status=201 if result.created else 200,
         headers={"Location": f"/api/v1/tasks/{task_id}"},
     )
