@@ -153,7 +153,8 @@ async def test_every_compose_service_starts_with_its_own_environment_and_runs_a_
         api = ApiClient(base, session)
         status, _ = await api.call("GET", "/api/v1/tasks", headers={"Authorization": "Bearer tmk_wrong"})
         assert status == 401, "production requires a key"
-        task = await api.submit({"task_type": "test", "payload": {"message": "hello"}})
+        # Production: no demonstration types (decision 0080); `gather` is a real type that runs on `default`.
+        task = await api.submit({"task_type": "gather", "payload": {"label": "hello"}})
         done = await api.wait_for(task["task_id"], timeout=120)
         assert done["status"] == "completed", (done, host.logs())
         # The api's own RabbitMQ user reads the management API (tag `management`).
