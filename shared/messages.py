@@ -237,6 +237,8 @@ class CancelTask(Frozen):
     v: Literal[1] = 1
     kind: Literal["cancel"] = "cancel"
     task_id: str
+    # The run cancelled; a retry's later run is not. None (older senders): every run.
+    run: int | None = Field(default=None, ge=1)
     reason: str = "cancelled by request"
 
 
@@ -265,6 +267,7 @@ class CancelledTasksQuery(Frozen):
 class CancelledTasksReply(Frozen):
     v: Literal[1] = 1
     task_ids: list[str]
+    runs: list[int] | None = None  # the cancelled run of each task id, in the same order
 
 
 # Anything a hostile body can make a parser raise (a nesting past pydantic's

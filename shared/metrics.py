@@ -30,7 +30,12 @@ tasks_submitted_total = Counter("tasks_submitted_total", "Tasks accepted by the 
 tasks_rejected_total = Counter("tasks_rejected_total", "Submissions refused", ["reason", "via"])
 tasks_retried_total = Counter("tasks_retried_total", "Attempts sent back for a retry", ["task_type", "stage"])
 tasks_dead_lettered_total = Counter("tasks_dead_lettered_total", "Messages sent to tm.dead", ["reason"])
+tasks_released_total = Counter(
+    "tasks_released_total",
+    "Held-back tasks published to their first stage: `delay` when due (scheduled), `dependencies` "
+    "when their parents completed (waiting)", ["reason"])
 tasks_cancelled_total = Counter("tasks_cancelled_total", "Tasks that reached cancelled", ["task_type"])
+tasks_waiting_count = Gauge("tasks_waiting_count", "Tasks waiting for their parents (as of the last release poll)")
 task_attempts_total = Counter(
     "task_attempts_total", "Attempts finished by workers, by outcome", ["task_type", "stage", "outcome"]
 )
@@ -71,3 +76,7 @@ embedding_texts_total = Counter(
 )
 search_requests_total = Counter("search_requests_total", "Knowledge-base searches by the mode that answered",
                                 ["mode"])
+
+# --- the event stream (GET /api/v1/events) ----------------------------------------------------
+event_streams_open = Gauge("event_streams_open", "Server-sent event streams open on this api")
+event_streams_closed_total = Counter("event_streams_closed_total", "Event streams ended, by why", ["reason"])

@@ -17,6 +17,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.task_limits import STOCK_MAX_TASK_TIMEOUT, TIMEOUT_SECONDS_CEILING
+
 # env_ignore_empty: `KB_CALLBACK_URL=` (as docker-compose writes an unset
 # `${VAR:-}`) means "not set", not an empty URL.
 _ENV = SettingsConfigDict(
@@ -94,11 +96,31 @@ class AmqpSettings(BaseSettings):
     def uses_tls(self) -> bool:
         return self.url.get_secret_value().startswith("amqps://")
 
+    def node_urls(self) -> list[str]:
+        """One URL per RabbitMQ node: AMQP_URL may list a cluster's nodes,
+        amqp://user:pass@host1:5672,host2:5672,host3:5672/vhost (tried in that order)."""
+        urls = []
+        for url in _split_nodes(self.url.get_secret_value()):
+            if "heartbeat=" not in url:
+                url = f"{url}{'&' if '?' in url else '?'}heartbeat={self.heartbeat_seconds}"
+            urls.append(url)
+        return urls
+
     def connection_url(self) -> str:
-        url = self.url.get_secret_value()
-        if "heartbeat=" in url:
-            return url
-        return f"{url}{'&' if '?' in url else '?'}heartbeat={self.heartbeat_seconds}"
+        """The first node's URL (one-shot tools; processes use node_urls())."""
+        return self.node_urls()[0]
+
+
+def _split_nodes(url: str) -> list[str]:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    nodes = hosts.split(",")
+    if len(nodes) > 1 and not all(node.strip() for node in nodes):
+        # Not a pydantic validator: its error would echo the URL, password included.
+        raise ValueError("AMQP_URL lists an empty host: write amqp://user:pass@host1:5672,host2:5672/vhost")
+    return [urlunsplit(parts._replace(netloc=f"{userinfo}{at}{node.strip()}")) for node in nodes]
 
 
 def _default_local_data_dir() -> Path:
@@ -219,9 +241,10 @@ class ApiSettings(BaseSettings):
     max_batch_size: int = Field(default=500, alias="MAX_BATCH_SIZE", ge=1)
     max_page_size: int = Field(default=200, alias="MAX_PAGE_SIZE", ge=1)
     max_retry_limit: int = Field(default=20, alias="MAX_RETRY_LIMIT", ge=0)
-    # RabbitMQ closes a channel holding a message unacked past consumer_timeout
-    # (30 min by default in 3.10): attempts must end before that, with margin.
-    max_task_timeout_seconds: float = Field(default=1740, alias="MAX_TASK_TIMEOUT", gt=0)
+    # RabbitMQ closes a channel holding a message unacked past consumer_timeout: attempts
+    # must end before it. Default: what a stock broker allows (docs/task-length-limits.md).
+    max_task_timeout_seconds: float = Field(default=STOCK_MAX_TASK_TIMEOUT, alias="MAX_TASK_TIMEOUT", gt=0,
+                                            le=TIMEOUT_SECONDS_CEILING)
     # aiohttp closes a connection that completed no request in this long: an idle keep-alive,
     # and also one still sending its headers (a request starts only once they are complete).
     keepalive_timeout_seconds: float = Field(default=15, alias="API_KEEPALIVE_TIMEOUT", gt=0)
@@ -276,6 +299,8 @@ class CallbackSettings(BaseSettings):
     kb_callback_url: str | None = Field(default=None, alias="KB_CALLBACK_URL")
     # Several secrets separated by spaces sign with each (rotation).
     callback_secret: SecretStr | None = Field(default=None, alias="CALLBACK_SECRET")
+    # Read when CALLBACK_SECRET is unset; `taskmgr bootstrap` generates it if missing.
+    callback_secret_file: Path | None = Field(default=None, alias="CALLBACK_SECRET_FILE")
     timeout_seconds: float = Field(default=15, alias="CALLBACK_TIMEOUT", gt=0)
     max_attempts: int = Field(default=12, alias="CALLBACK_MAX_ATTEMPTS", ge=1)
     backoff_base_seconds: float = Field(default=1.0, alias="CALLBACK_BACKOFF_BASE", gt=0)
@@ -312,9 +337,11 @@ class CallbackSettings(BaseSettings):
         return hosts
 
     def secrets(self) -> list[str]:
-        if self.callback_secret is None:
-            return []
-        return self.callback_secret.get_secret_value().split()
+        if self.callback_secret is not None:
+            return self.callback_secret.get_secret_value().split()
+        if self.callback_secret_file is not None and self.callback_secret_file.is_file():
+            return self.callback_secret_file.read_text().split()
+        return []
 
 
 def _default_upload_roots() -> list[Path]:
@@ -435,6 +462,27 @@ class DispatcherSettings(BaseSettings):
     batch_max_events: int = Field(default=500, alias="DISPATCHER_BATCH_MAX", ge=1)
     # Under load only, how long a batch may linger to grow (an idle dispatcher writes at once).
     batch_max_wait_seconds: float = Field(default=0.02, alias="DISPATCHER_BATCH_WAIT", ge=0)
+    # Parents' results a released task carries in context.parents; above this only their statuses.
+    dependency_context_max_bytes: int = Field(default=512 * 1024, alias="DEPENDENCY_CONTEXT_MAX_BYTES", ge=1024)
+    # How often the release loop looks for due delayed tasks: bounds their lateness (decision 0090).
+    scheduler_poll_seconds: float = Field(default=0.25, alias="SCHEDULER_POLL_SECONDS", gt=0, le=60)
+    # A periodic firing older than this when a dispatcher gets to it was missed (catch_up decides).
+    schedule_misfire_grace_seconds: float = Field(default=10, alias="SCHEDULE_MISFIRE_GRACE_SECONDS", gt=0)
+
+
+class EventStreamSettings(BaseSettings):
+    """`GET /api/v1/events` and the event log behind it (decision 0131)."""
+
+    model_config = _ENV
+
+    # The dispatcher keeps events this long: the window a stream can resume in.
+    log_retention_seconds: float = Field(default=3600, alias="EVENT_LOG_RETENTION", gt=0)
+    # How often the api reads new events from the log while a stream is open.
+    poll_seconds: float = Field(default=0.2, alias="EVENT_STREAM_POLL", gt=0)
+    heartbeat_seconds: float = Field(default=15, alias="EVENT_STREAM_HEARTBEAT", gt=0)
+    # Events waiting for one client; a client that falls further behind is closed.
+    buffer: int = Field(default=1000, alias="EVENT_STREAM_BUFFER", ge=1)
+    max_streams: int = Field(default=500, alias="EVENT_STREAM_MAX_CONNECTIONS", ge=1)
 
 
 class Settings(BaseModel):
@@ -455,6 +503,7 @@ class Settings(BaseModel):
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     search: SearchSettings = Field(default_factory=SearchSettings)
+    events: EventStreamSettings = Field(default_factory=EventStreamSettings)
 
     @model_validator(mode="after")
     def _kb_burst_fits_a_batch(self) -> Settings:
@@ -483,4 +532,5 @@ class Settings(BaseModel):
                 value = getattr(group, field_name)
                 if isinstance(value, SecretStr):
                     found.append(value.get_secret_value())
+        found.extend(self.callbacks.secrets())  # also those read from CALLBACK_SECRET_FILE
         return found

@@ -6,6 +6,8 @@ from enum import StrEnum
 
 
 class TaskStatus(StrEnum):
+    WAITING = "waiting"  # unfinished parents (depends_on): a row, not a message
+    SCHEDULED = "scheduled"  # delayed: waits in PostgreSQL until its run_at (decision 0090)
     QUEUED = "queued"
     PROCESSING = "processing"
     COMPLETED = "completed"
@@ -24,6 +26,8 @@ class TaskStatus(StrEnum):
 
 
 _RANK = {
+    TaskStatus.WAITING: -1,
+    TaskStatus.SCHEDULED: -1,
     TaskStatus.QUEUED: 0,
     TaskStatus.PROCESSING: 1,
     TaskStatus.COMPLETED: 2,

@@ -9,16 +9,26 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AnyHttpUrl,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from shared.errors import FieldError, InvalidRequest
 from shared.json_limits import check_json_shape
 from shared.json_types import JsonFloat, json_int
 from shared.status import Priority
+from shared.task_limits import STOCK_MAX_TASK_TIMEOUT, TIMEOUT_SECONDS_CEILING
 from shared.task_types import TaskType, TaskTypeRegistry
 from shared.task_types.base import REVEAL_SECRETS
 
@@ -42,14 +52,19 @@ SERVER_OWNED_FIELDS = frozenset(
     }
 )
 
-# The schema's ceiling for timeout_seconds; MAX_TASK_TIMEOUT (default 1740 s, under
-# RabbitMQ's default consumer_timeout) is the operative limit below it.
-TIMEOUT_SECONDS_CEILING = 86_400
+# TIMEOUT_SECONDS_CEILING bounds timeout_seconds in the schema; MAX_TASK_TIMEOUT is the
+# operative limit below it (shared/task_limits.py, docs/task-length-limits.md).
 
 KB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
 # Visible ASCII only, wherever a key comes from (header, batch item, message_id): a CR or
 # LF in a key would forge log lines and breaks header round trips.
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+TASK_ID_PATTERN = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
+# Parents one task may name: a fan-in of 1,000 is the documented floor.
+MAX_PARENTS = 10_000
+UNIQUE_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+# How far ahead a task may be delayed, and how long a unique key may be held after its task ended.
+MAX_DELAY_SECONDS = 366 * 86_400
 
 
 class TaskRequest(BaseModel):
@@ -75,6 +90,46 @@ class TaskRequest(BaseModel):
     callback_url: AnyHttpUrl | None = Field(
         default=None, description="POSTed when the task ends; default KB_CALLBACK_URL."
     )
+    # Dependencies (docs/decisions/0100): the task waits until every parent completed.
+    depends_on: list[Annotated[str, Field(pattern=TASK_ID_PATTERN)]] = Field(
+        default_factory=list, max_length=MAX_PARENTS,
+        description="Task ids that must complete before this task runs (status `waiting` until then).",
+    )
+    on_parent_failure: Literal["cancel", "run"] = Field(
+        default="cancel", description="When a parent fails or is cancelled: cancel this task "
+                                      "(error.code dependency_failed) or run it anyway.",
+    )
+
+    @field_validator("depends_on")
+    @classmethod
+    def _distinct_parents(cls, value: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for parent in value:
+            if parent.lower() in seen:
+                raise ValueError(f"lists parent {parent} twice")
+            seen.add(parent.lower())
+        return [p.lower() for p in value]
+    # Scheduling (decision 0090): additive, all optional.
+    run_at: AwareDatetime | None = Field(
+        default=None, description="RFC 3339 time (with offset) to run at; status `scheduled` until then. "
+                                  "A time in the past runs now.")
+    delay_seconds: Annotated[JsonFloat, Field(ge=0, le=MAX_DELAY_SECONDS)] | None = Field(
+        default=None, description="Run this many seconds after submission (instead of `run_at`).")
+    unique_key: str | None = Field(
+        default=None, pattern=UNIQUE_KEY_PATTERN,
+        description="While a task with this key (per API key) is unfinished, or within `unique_for_seconds` "
+                    "of its submission, a new submission returns that task (200, `created: false`).")
+    unique_for_seconds: json_int(ge=1, le=MAX_DELAY_SECONDS) | None = Field(  # type: ignore[valid-type]
+        default=None, description="Window from submission in which the key stays taken even after the task "
+                                  "ended; by default only while it is unfinished.")
+
+    def due_at(self, now: datetime) -> datetime | None:
+        """When a delayed task is due, or None to run now (no delay, or a time already past)."""
+        if self.run_at is not None:
+            return self.run_at.astimezone(UTC) if self.run_at > now else None
+        if self.delay_seconds:
+            return now + timedelta(seconds=self.delay_seconds)
+        return None
 
 
 class BatchItem(TaskRequest):
@@ -89,7 +144,7 @@ class BatchItem(TaskRequest):
 class RequestLimits:
     default_retry_limit: int
     max_retry_limit: int
-    max_timeout_seconds: float = 1740.0
+    max_timeout_seconds: float = STOCK_MAX_TASK_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -150,6 +205,7 @@ def validate_task_request(
         errors.append(FieldError("kb_id", f"is required for task type {task_type.name!r}"))
     if request.retry_limit is not None and request.retry_limit > limits.max_retry_limit:
         errors.append(FieldError("retry_limit", f"must be at most {limits.max_retry_limit}"))
+    errors.extend(_schedule_errors(request))
     if request.timeout_seconds is not None and request.timeout_seconds > limits.max_timeout_seconds:
         errors.append(FieldError("timeout_seconds", f"must be at most {limits.max_timeout_seconds:g} (MAX_TASK_TIMEOUT, "
                                                     "kept under RabbitMQ's consumer_timeout)"))
@@ -160,6 +216,10 @@ def validate_task_request(
     except ValidationError as exc:
         errors.extend(_field_errors(exc, prefix="payload"))
         payload = stored_payload = {}
+    if not errors and (request.run_at or request.delay_seconds) and stored_payload != payload:
+        errors.append(FieldError("run_at" if request.run_at else "delay_seconds",
+                                 "a task whose payload holds a secret (e.g. a PDF password) cannot be delayed: "
+                                 "secrets are never stored"))
     if errors:
         raise InvalidRequest(_summary(errors), errors)
 
@@ -171,6 +231,21 @@ def validate_task_request(
         retry_limit=retry_limit,
         stored_payload=stored_payload,
     )
+
+
+def _schedule_errors(request: TaskRequest) -> list[FieldError]:
+    errors = []
+    if request.run_at is not None and request.delay_seconds is not None:
+        errors.append(FieldError("delay_seconds", "send either run_at or delay_seconds, not both"))
+    if request.run_at is not None and request.run_at > datetime.now(UTC) + timedelta(seconds=MAX_DELAY_SECONDS):
+        errors.append(FieldError("run_at", f"must be at most {MAX_DELAY_SECONDS // 86_400} days ahead"))
+    if request.unique_for_seconds is not None and request.unique_key is None:
+        errors.append(FieldError("unique_for_seconds", "needs a unique_key"))
+    if request.depends_on and (request.run_at is not None or request.delay_seconds is not None):
+        # A task released by its parents has no later moment to wait for (decisions 0090, 0100).
+        errors.append(FieldError("run_at" if request.run_at is not None else "delay_seconds",
+                                 "cannot be combined with depends_on"))
+    return errors
 
 
 def _nul_paths(value: Any, path: str = "") -> list[str]:

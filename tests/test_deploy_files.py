@@ -362,6 +362,17 @@ def test_the_image_is_built_in_two_stages_and_runs_as_a_non_root_user() -> None:
         assert (ROOT / copied).exists(), copied
 
 
+def test_the_image_takes_torch_from_the_cpu_index_at_the_pinned_version() -> None:
+    """PyPI's Linux torch wheel depends on the CUDA libraries (GBs no process uses)."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    build = dockerfile.split("AS runtime", 1)[0]
+    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in dockerfile
+    torch_step, project_step = build.index('--index-url "${TORCH_INDEX_URL}"'), build.index("--constraint")
+    assert torch_step < project_step, "torch is built from the CPU index before the project resolves"
+    assert "'+cpu'" in build, "the build fails rather than fall back to a CUDA build"
+    assert re.search(r'"torch==[^"]+"', (ROOT / "pyproject.toml").read_text()), "the pin the image reads"
+
+
 # --- RabbitMQ --------------------------------------------------------------------------------
 
 

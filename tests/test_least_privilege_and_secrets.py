@@ -1,5 +1,5 @@
 """The fleet under the least-privilege RabbitMQ users of
-deploy/rabbitmq/users-and-permissions.json (no topology declares, each role
+deploy/rabbitmq/definitions.json (no topology declares, each role
 its own password), signed callbacks with two secrets at once, and then every
 log of the run searched for every configured secret."""
 
@@ -47,7 +47,7 @@ from tests.support.environment import (
 from tests.support.fleet import Fleet, log_dir
 from tests.support.keys import bearer, create_key
 
-DEFINITIONS = Path(__file__).resolve().parents[1] / "deploy" / "rabbitmq" / "users-and-permissions.json"
+DEFINITIONS = Path(__file__).resolve().parents[1] / "deploy" / "rabbitmq" / "definitions.json"
 ROLES = ("taskmgr-api", "taskmgr-worker", "taskmgr-dispatcher", "kb-service")
 
 

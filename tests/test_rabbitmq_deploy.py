@@ -39,7 +39,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRabbitMQ]:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def management(node: PrivateRabbitMQ) -> AsyncIterator[aiohttp.ClientSession]:
-    auth = {"Authorization": "Basic " + base64.b64encode(b"taskmgr:taskmgr").decode()}
+    auth = {"Authorization": "Basic " + base64.b64encode(b"taskmgr-admin:taskmgr-admin").decode()}
     async with aiohttp.ClientSession(f"http://127.0.0.1:{node.management_port}", headers=auth) as session:
         yield session
 
@@ -50,7 +50,9 @@ async def test_the_node_runs_with_our_settings_users_and_plugins(
     assert node.ctl("eval", "application:get_env(rabbit, consumer_timeout).").strip() == "{ok,90000000}"
     async with management.get("/api/users") as response:
         users = await response.json()
-    assert [u["name"] for u in users] == ["taskmgr"], "definitions replace the default guest user"
+    names = {u["name"] for u in users}
+    assert names == {"taskmgr-admin", "taskmgr-api", "taskmgr-worker", "taskmgr-dispatcher", "kb-service"}, \
+        "one user per role; definitions replace the default guest user"
     async with management.get("/api/overview") as response:
         overview = await response.json()
     protocols = {listener["protocol"] for listener in overview["listeners"]}
@@ -70,7 +72,7 @@ async def test_policies_apply_to_every_queue_and_agree_with_the_declared_argumen
     params = {"columns": "name,policy,effective_policy_definition,arguments"}
     deadline = time.monotonic() + 20
     while True:  # the management database catches up within a stats interval
-        async with management.get("/api/queues/%2F", params=params) as response:
+        async with management.get("/api/queues/taskmgr", params=params) as response:
             queues = {q["name"]: q for q in await response.json()}
         if all(q.name in queues and queues[q.name].get("policy") for q in topology.queues):
             break
@@ -103,7 +105,7 @@ async def test_the_prometheus_endpoint_serves_every_rabbitmq_metric_the_dashboar
                                params=[("family", "queue_coarse_metrics"), ("family", "queue_consumer_count")]) as r:
             detailed = await r.text()
     exposed = set(re.findall(r"^(rabbitmq_\w+)", aggregated + detailed, re.MULTILINE))
-    assert 'rabbitmq_detailed_queue_messages_ready{vhost="/",queue="tm.stage.default"}' in detailed
+    assert 'rabbitmq_detailed_queue_messages_ready{vhost="taskmgr",queue="tm.stage.default"}' in detailed
 
     used = set()
     for path in [ROOT / "deploy/grafana/dashboards/taskmgr.json", ROOT / "deploy/prometheus/alerts.yml"]:

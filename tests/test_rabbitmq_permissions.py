@@ -1,10 +1,12 @@
-"""deploy/rabbitmq/users-and-permissions.json against the topology: each role
+"""deploy/rabbitmq/definitions.json against the topology: each role
 can do exactly what its process does (names from shared/topology.py), and
 nothing else that matters: no external publisher writes a stage queue, no
 worker reads tm.submit, nobody but the admin declares the topology."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -30,7 +32,7 @@ from shared.topology import (
 
 pytestmark = pytest.mark.fast  # no broker, database or child process (make test-fast)
 
-DEFINITIONS = Path(__file__).resolve().parents[1] / "deploy" / "rabbitmq" / "users-and-permissions.json"
+DEFINITIONS = Path(__file__).resolve().parents[1] / "deploy" / "rabbitmq" / "definitions.json"
 DEFAULT = "amq.default"
 SERVER_NAMED = "amq.gen-JzTY20BRgKO-HjmUJj0wLg"  # an exclusive, server-named queue
 CLIENT_NAMED = "amq_a02fe9bf04d04789bb9574e9debc959e"  # what aio-pika names an unnamed queue
@@ -59,11 +61,13 @@ NEEDS = {
     "taskmgr-worker": {
         "configure": [SERVER_NAMED],  # its tm.control queue and its rpc reply queue
         "write": [TASKS_EXCHANGE, RETRY_EXCHANGE, EVENTS_EXCHANGE, DEAD_LETTER_EXCHANGE, DEFAULT, SERVER_NAMED],
-        "read": [*STAGES, CONTROL_EXCHANGE, SERVER_NAMED],
+        # tm.events: the store stage's janitor binds task.failed/task.cancelled (topic-limited).
+        "read": [*STAGES, CONTROL_EXCHANGE, EVENTS_EXCHANGE, SERVER_NAMED],
     },
     "taskmgr-dispatcher": {
         "configure": [],
-        "write": [CONTROL_EXCHANGE, DEAD_LETTER_EXCHANGE, DEFAULT],
+        # tm.tasks: released delayed tasks (decision 0090); the default exchange: schedules' firings to tm.submit.
+        "write": [TASKS_EXCHANGE, CONTROL_EXCHANGE, DEAD_LETTER_EXCHANGE, DEFAULT],
         "read": [DISPATCHER_EVENTS_QUEUE, DISPATCHER_RPC_QUEUE],
     },
     "kb-service": {
@@ -81,7 +85,7 @@ MUST_NOT = {
                        "write": [SUBMIT_EXCHANGE, CONTROL_EXCHANGE],
                        "read": [SUBMIT_QUEUE, DEAD_QUEUE, DISPATCHER_EVENTS_QUEUE, "tm.stage.a.b"]},
     "taskmgr-dispatcher": {"configure": [SERVER_NAMED, DISPATCHER_EVENTS_QUEUE],
-                           "write": [TASKS_EXCHANGE, EVENTS_EXCHANGE, RETRY_EXCHANGE],
+                           "write": [EVENTS_EXCHANGE, RETRY_EXCHANGE],
                            "read": [SUBMIT_QUEUE, DEAD_QUEUE, *STAGES]},
     "kb-service": {"configure": [SUBMIT_QUEUE, SUBMIT_EXCHANGE, *STAGES],
                    "write": [DEFAULT, TASKS_EXCHANGE, EVENTS_EXCHANGE, CONTROL_EXCHANGE, DEAD_LETTER_EXCHANGE],
@@ -115,7 +119,17 @@ def test_the_admin_can_declare_every_name_of_the_topology_and_every_regex_is_anc
             assert perms[kind].startswith("^") and perms[kind].endswith("$"), (user, kind)
 
 
-def test_no_password_is_shipped() -> None:
+def test_one_definitions_file_holds_every_role_with_its_development_password_and_the_policies() -> None:
+    """The compose broker loads this file: each role logs in with the development
+    password docker-compose.yml uses by default (its own name; docs/deployment.md
+    says to change them), and the policies live on the same vhost as the users."""
     data = json.loads(DEFINITIONS.read_text())
-    assert all(user["password_hash"] == "" for user in data["users"])
     assert {p["user"] for p in data["permissions"]} == {u["name"] for u in data["users"]}
+    for user in data["users"]:
+        raw = base64.b64decode(user["password_hash"])
+        salt, digest = raw[:4], raw[4:]
+        assert user["hashing_algorithm"] == "rabbit_password_hashing_sha256"
+        assert hashlib.sha256(salt + user["name"].encode()).digest() == digest, user["name"]
+    assert {v["name"] for v in data["vhosts"]} == {"taskmgr"}
+    assert {p["vhost"] for p in data["policies"] + data["permissions"]} == {"taskmgr"}
+    assert "guest" not in {u["name"] for u in data["users"]}

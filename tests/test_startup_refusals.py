@@ -30,6 +30,7 @@ def _start(module: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
     ("services.api", {"AMQP_URL": "amqp://guest:guest@127.0.0.1:1/"}, "give each role its own RabbitMQ user"),
     ("services.api", {"METRICS_TOKEN": "short"}, "METRICS_TOKEN must be at least 32"),
     ("services.dispatcher", {}, "CALLBACK_SECRET is not set"),
+    ("services.dispatcher", {"CALLBACK_SECRET_FILE": "/nonexistent/callback-secret"}, "run `taskmgr bootstrap`"),
     ("services.dispatcher", {"CALLBACK_SECRET": "whsec_c2hvcnQ="}, "too weak"),
     ("services.dispatcher", {"CALLBACK_SECRET": "x" * 40, "CALLBACK_ALLOWED_HOSTS": "0.0.0.0/0"}, "every address"),
 ])

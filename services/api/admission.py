@@ -25,8 +25,9 @@ from datetime import datetime
 from typing import Any
 
 from loguru import logger
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from services.api import dependencies, scheduling
 from services.api import task_repository as repo
 from services.api.task_repository import TaskRow
 from shared import metrics
@@ -136,19 +137,34 @@ class Admission:
 
     async def _admit(self, items: Sequence[_Owned]) -> list[AdmissionResult]:
         now = utcnow()
-        rows = [_row(valid, key, owner, now) for valid, key, owner in items]
+        rows = [task_row(valid, key, owner, now) for valid, key, owner in items]
         results: list[AdmissionResult | None] = [None] * len(items)
         published = False
         try:
             async with self._engine.begin() as conn:
-                inserted = await repo.insert_tasks(conn, rows)
+                plans = await _plan_dependants(conn, items, rows, results)
+                candidates = [row for i, row in enumerate(rows) if results[i] is None]
+                inserted = await repo.insert_tasks(conn, candidates)
                 existing = await repo.tasks_by_idempotency_key(
-                    conn, [(r["created_by"], r["idempotency_key"]) for r in rows if r["id"] not in inserted]
+                    conn, [(r["created_by"], r["idempotency_key"]) for r in candidates if r["id"] not in inserted]
                 )
-                to_publish = [i for i, row in enumerate(rows) if row["id"] in inserted]
+                new = [i for i, row in enumerate(rows) if results[i] is None and row["id"] in inserted]
+                # Held back, not published now: a unique key's duplicate, a delayed task (decision 0090),
+                # a task waiting for parents (decision 0100).
+                await self._hold_back(conn, items, rows, inserted, results, now)
+                waiting = [i for i in new if results[i] is None and rows[i]["status"] == TaskStatus.WAITING.value]
+                await dependencies.record_waiting(conn, [
+                    (str(rows[i]["id"]), items[i][0], plans[i],
+                     first_stage_message(items[i][0], rows[i]).model_dump(mode="json"))
+                    for i in waiting
+                ])
+                for i in waiting:
+                    results[i] = Admitted(rows[i], created=True)
+                to_publish = [i for i in new if results[i] is None]
                 published = bool(to_publish)
                 outcomes = await asyncio.gather(
-                    *(self._publisher.task(_message(items[i][0], rows[i])) for i in to_publish),
+                    *(self._publisher.task(first_stage_message(items[i][0], rows[i], plans.get(i)))
+                      for i in to_publish),
                     return_exceptions=True,
                 )
                 refused: set[str] = set()
@@ -162,6 +178,7 @@ class Admission:
                     if results[i] is None:
                         results[i] = _replayed(row, existing.get((row["created_by"], row["idempotency_key"])), refused)
                 await repo.delete_tasks(conn, refused)
+                await scheduling.release_unique_keys(conn, sorted(refused))
         except DB_ERRORS as exc:
             logger.warning("admission failed: database unavailable ({})", type(exc).__name__)
             return [Unavailable("the task database is unavailable; retry shortly") for _ in items]
@@ -181,6 +198,29 @@ class Admission:
         return [*await self._admit(items[:mid]), *await self._admit(items[mid:])]
 
 
+    @staticmethod
+    async def _hold_back(conn: AsyncConnection, items: Sequence[_Owned], rows: list[dict[str, object]],
+                         inserted: set[str], results: list[AdmissionResult | None], now: datetime) -> None:
+        """Decide, for each inserted row, what is not published now (decision 0090): a
+        duplicate of a unique key answers its holder (and is deleted), a delayed task waits."""
+        duplicates, delayed = [], []
+        for i, row in enumerate(rows):
+            if row["id"] not in inserted:
+                continue
+            request = items[i][0].request
+            if request.unique_key is not None:
+                holder = await scheduling.claim_unique_key(conn, row, request.unique_for_seconds, now)
+                if holder is not None:
+                    duplicates.append(str(row["id"]))
+                    results[i] = Admitted(holder, created=False)
+                    continue
+            if row["status"] == TaskStatus.SCHEDULED.value:
+                delayed.append((str(row["id"]), row["run_at"], first_stage_message(items[i][0], row)))
+                results[i] = Admitted(row, created=True)
+        await repo.delete_tasks(conn, duplicates)
+        await scheduling.insert_delayed(conn, delayed)  # type: ignore[arg-type]
+
+
 def _count(waiting: _Waiting, results: Sequence[AdmissionResult]) -> None:
     for (valid, _), result in zip(waiting.items, results, strict=True):
         if isinstance(result, Admitted) and result.created:
@@ -194,8 +234,9 @@ def _count(waiting: _Waiting, results: Sequence[AdmissionResult]) -> None:
             metrics.tasks_rejected_total.labels(result.code, waiting.via).inc()
 
 
-def _row(valid: ValidTask, idempotency_key: str | None, owner: str, now: datetime) -> dict[str, Any]:
+def task_row(valid: ValidTask, idempotency_key: str | None, owner: str, now: datetime) -> dict[str, Any]:
     request = valid.request
+    due_at = request.due_at(now)
     return {
         "id": new_task_id(),
         "run": 1,
@@ -207,7 +248,7 @@ def _row(valid: ValidTask, idempotency_key: str | None, owner: str, now: datetim
         "retry_limit": valid.retry_limit,
         "timeout_seconds": request.timeout_seconds,
         "callback_url": valid.callback_url,
-        "status": TaskStatus.QUEUED.value,
+        "status": (TaskStatus.QUEUED if due_at is None else TaskStatus.SCHEDULED).value,
         "progress": 0,
         "stage": valid.task_type.stages[0],
         "attempts": 0,
@@ -217,10 +258,32 @@ def _row(valid: ValidTask, idempotency_key: str | None, owner: str, now: datetim
         # Only an idempotent retry needs the fingerprint; hashing every request costs.
         "request_hash": valid.request_hash if idempotency_key is not None else None,
         "created_by": owner,
+        "run_at": due_at,
+        "unique_key": request.unique_key,
     }
 
 
-def _message(valid: ValidTask, row: dict[str, object]) -> TaskMessage:
+async def _plan_dependants(
+    conn: AsyncConnection, items: Sequence[_Owned], rows: list[dict[str, object]],
+    results: list[AdmissionResult | None],
+) -> dict[int, dependencies.Plan]:
+    """Tasks with parents: refused ones get their result now, waiting ones their status."""
+    if not any(valid.request.depends_on for valid, _, _ in items):
+        return {}  # the plain path: no query
+    plans: dict[int, dependencies.Plan] = {}
+    for i, plan in (await dependencies.plan_dependants(conn, [valid for valid, _, _ in items])).items():
+        if isinstance(plan, TaskManagerError):
+            results[i] = plan
+        else:
+            plans[i] = plan
+            if plan.waiting:
+                rows[i]["status"] = TaskStatus.WAITING.value
+    return plans
+
+
+def first_stage_message(
+    valid: ValidTask, row: dict[str, object], plan: dependencies.Plan | None = None
+) -> TaskMessage:
     stages = valid.task_type.stages
     return TaskMessage(
         task_id=str(row["id"]),
@@ -233,6 +296,8 @@ def _message(valid: ValidTask, row: dict[str, object]) -> TaskMessage:
         created_at=row["created_at"],
         stages=stages,
         stage=stages[0],
+        # A child whose parents all ended before it was admitted runs now, reading their results.
+        context={"parents": plan.parents} if plan is not None else {},
     )
 
 

@@ -24,6 +24,7 @@ from services.api.resources import (
     REGISTRY,
     SETTINGS,
     TOPOLOGY,
+    WORKFLOW_INTAKE,
     broker_ctx,
     check_broker,
     check_database,
@@ -31,10 +32,15 @@ from services.api.resources import (
 )
 from services.api.routes.dlq import routes as dlq_routes
 from services.api.routes.docs import routes as docs_routes
+from services.api.routes.events import end_streams_on_shutdown
+from services.api.routes.events import routes as event_routes
 from services.api.routes.kbs import routes as kb_routes
+from services.api.routes.retry import routes as retry_routes
+from services.api.routes.schedules import routes as schedule_routes
 from services.api.routes.stats import routes as stats_routes
 from services.api.routes.tasks import routes as task_routes
 from services.api.routes.uploads import routes as upload_routes
+from services.api.routes.workflows import routes as workflow_routes
 from services.api.schemas import HealthReport
 from services.api.submit_consumer import SubmitConsumer
 from services.api.upload_retention import UploadSweeper, store_root_ready
@@ -65,7 +71,8 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
 async def submit_consumer_ctx(app: web.Application) -> AsyncIterator[None]:
     channel = await app[CONNECTION].channel()
     consumer = SubmitConsumer(
-        channel, app[ADMISSION], app[PUBLISHER], app[REGISTRY], app[LIMITS], app[CHECKS], app[TOPOLOGY]
+        channel, app[ADMISSION], app[PUBLISHER], app[REGISTRY], app[LIMITS], app[CHECKS], app[TOPOLOGY],
+        workflows=app[WORKFLOW_INTAKE],
     )
     await consumer.start()
     yield
@@ -116,9 +123,14 @@ def create_app(settings: Settings, registry: TaskTypeRegistry | None = None) -> 
     app.add_routes([*_documented_ops_routes(health_routes(checks, process="api")),
                     web.get("/metrics", documented(METRICS_DOC)(metrics_endpoint))])
     app.add_routes(task_routes)
+    app.add_routes(retry_routes)
+    app.add_routes(event_routes)
+    app.on_shutdown.append(end_streams_on_shutdown)
     app.add_routes(upload_routes)
+    app.add_routes(workflow_routes)
     app.add_routes(dlq_routes)
     app.add_routes(stats_routes)
     app.add_routes(docs_routes)
     app.add_routes(kb_routes)
+    app.add_routes(schedule_routes)
     return app

@@ -17,12 +17,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.api.schemas import DeadLetterView
+from services.api.task_retry import start_run
 from shared import metrics
 from shared.amqp import headers as h
 from shared.amqp.publisher import Publisher
 from shared.db.models import tasks
 from shared.errors import PoisonMessage
-from shared.messages import TaskMessage, TaskQueued
+from shared.messages import TaskMessage
 from shared.status import TaskStatus
 from shared.task_identity import recover_identity
 from shared.topology import DEAD_QUEUE
@@ -119,10 +120,7 @@ class DeadLetterQueue:
             return "the task is unknown to the database"
         if row.status != TaskStatus.FAILED:
             return f"the task is {row.status}, not failed"
-        fresh = task.for_run(row.run + 1)
-        await self._publisher.event(TaskQueued(task_id=fresh.task_id, run=fresh.run, task_type=fresh.task_type,
-                                               kb_id=fresh.kb_id, stage=fresh.stage, attempt=1))
-        await self._publisher.task(fresh)
+        await start_run(self._publisher, task.for_run(row.run + 1))
         return None
 
 

@@ -115,7 +115,12 @@ def _union(models: list[type[BaseModel]], schemas: dict[str, Any]) -> dict[str, 
 
 
 def task_request_schema(ctx: DocContext, schemas: dict[str, Any]) -> dict[str, Any]:
-    return _union(task_request_models(ctx), schemas)
+    return task_union_schema(ctx, schemas, TaskRequest)
+
+
+def task_union_schema(ctx: DocContext, schemas: dict[str, Any], base: type[TaskRequest]) -> dict[str, Any]:
+    """One of the task types' request models derived from `base` (a batch item, a workflow task)."""
+    return _union(task_request_models(ctx, base), schemas)
 
 
 def batch_request_schema(ctx: DocContext, schemas: dict[str, Any]) -> dict[str, Any]:

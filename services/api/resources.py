@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.api.admission import Admission
 from services.api.auth import AUTHENTICATOR, Authenticator
 from services.api.dead_letters import DeadLetterQueue
+from services.api.event_feed import EventFeed
 from services.api.query_embedder import QueryEmbedder
 from services.api.queue_monitor import QueueMonitor
 from services.api.queue_stats import QueueStats
@@ -21,6 +22,7 @@ from services.api.rate_limit import TokenBuckets
 from services.api.submission_checks import SubmissionChecks
 from services.api.upload_quota import UploadLimits, UploadQuota
 from services.api.worker_registry import WorkerRegistry
+from services.api.workflow_intake import WorkflowIntake
 from shared.amqp.connection import connect
 from shared.amqp.publisher import Publisher
 from shared.amqp.readiness import BrokerReadiness
@@ -48,8 +50,10 @@ QUEUE_MONITOR = web.AppKey("queue_monitor", QueueMonitor)
 QUEUE_STATS = web.AppKey("queue_stats", QueueStats)
 WORKER_REGISTRY = web.AppKey("worker_registry", WorkerRegistry)
 CHECKS = web.AppKey("submission_checks", SubmissionChecks)
+WORKFLOW_INTAKE = web.AppKey("workflow_intake", WorkflowIntake)
 UPLOAD_STORE = web.AppKey("upload_store", UploadStore)
 UPLOAD_QUOTA = web.AppKey("upload_quota", UploadQuota)
+EVENT_FEED = web.AppKey("event_feed", EventFeed)
 
 
 class StartupRefused(RuntimeError):
@@ -77,7 +81,11 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     files = settings.files
     app[UPLOAD_QUOTA] = UploadQuota(app[ENGINE], files.upload_store_root, UploadLimits(
         files.upload_quota_files, files.upload_quota_bytes, files.upload_min_free_bytes))
+    events = settings.events
+    app[EVENT_FEED] = EventFeed(app[ENGINE], poll_seconds=events.poll_seconds, buffer=events.buffer,
+                                max_streams=events.max_streams)
     yield
+    await app[EVENT_FEED].close()
     await bounded(app[ENGINE].dispose(), "closing database connections")
 
 
@@ -98,6 +106,7 @@ async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
         max_in_flight=settings.api.max_concurrent_tasks,
         wait_seconds=settings.api.admission_wait_seconds,
     )
+    app[WORKFLOW_INTAKE] = WorkflowIntake(app[ENGINE], app[PUBLISHER], app[REGISTRY], app[LIMITS], app[CHECKS])
     app[DEAD_LETTERS] = DeadLetterQueue(connection, app[PUBLISHER], app[ENGINE])
     app[QUERY_EMBEDDER] = QueryEmbedder(connection, timeout_seconds=settings.search.embed_timeout_seconds)
     await app[QUERY_EMBEDDER].start()

@@ -41,6 +41,9 @@ class TaskCreated(_Body):
     task_id: str
     status: TaskStatus
     created_at: datetime
+    run_at: datetime | None = Field(default=None, description="When a delayed (`scheduled`) task is due.")
+    created: bool | None = Field(default=None, description="False when an Idempotency-Key or unique_key "
+                                                           "returned an earlier task.")
 
 
 class CallbackState(_Body):
@@ -59,6 +62,7 @@ class TaskView(_Body):
     priority: Priority
     attempts: int
     retry_limit: int
+    run: int = Field(default=1, ge=1, description="1 for the first run; each retry or replay starts the next.")
     created_at: datetime
     started_at: datetime | None
     estimated_completion: datetime | None
@@ -68,6 +72,7 @@ class TaskView(_Body):
     error: dict[str, Any] | None
     callback: CallbackState | None = Field(default=None, description="Present once a callback is due.")
     cancel_requested: bool | None = Field(default=None, description="Set on a 202 answer to a cancel.")
+    run_at: datetime | None = Field(default=None, description="When a delayed task is (or was) due.")
 
 
 class TaskPage(_Body):

@@ -1,7 +1,8 @@
 """Checks a valid-looking task must pass before it is admitted, beyond its
 schema: the caller may use its kb_id, its callback URL is allowed (SSRF), the
 upload it names exists for the same kb, its `file_path` stays inside
-UPLOAD_ROOTS. REST, batch and `tm.submit` all come through here.
+UPLOAD_ROOTS, its `depends_on` parents exist and are visible to the caller.
+REST, batch and `tm.submit` all come through here.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.api.dependencies import parent_problems
 from shared.db.models import uploads
 from shared.errors import FieldError, Forbidden, InvalidRequest, TaskManagerError
 from shared.file_access import FileAccessError, check_path_syntax
@@ -46,9 +48,10 @@ class SubmissionChecks:
         refused = dict(zip(urls, await asyncio.gather(*(self._check_url(u) for u in urls)), strict=True))
         refs = {ref for v in items if isinstance(ref := _file_fields(v).get("file_ref"), str)}
         upload_kbs = await self._upload_kbs(refs) if refs else {}
+        parents = await parent_problems(self._engine, items, principal)
 
         outcomes: list[TaskManagerError | None] = []
-        for valid in items:
+        for valid, parent_errors in zip(items, parents, strict=True):
             kb_id = valid.request.kb_id
             if not principal.may_use_kb(kb_id):
                 detail = (f"this API key may not use kb_id {kb_id!r}" if kb_id
@@ -59,9 +62,14 @@ class SubmissionChecks:
             if valid.callback_url and refused[valid.callback_url]:
                 errors.append(FieldError("callback_url", refused[valid.callback_url] or ""))
             errors.extend(_file_errors(_file_fields(valid), kb_id, upload_kbs, self._roots, self._store))
+            errors.extend(parent_errors)
             outcomes.append(InvalidRequest("; ".join(f"{e['field']}: {e['message']}" for e in errors), errors)
                             if errors else None)
         return outcomes
+
+    async def check_callback_url(self, url: str) -> str | None:
+        """Why the callback policy refuses `url` (None: allowed)."""
+        return await self._check_url(url)
 
     async def _check_url(self, url: str) -> str | None:
         try:

@@ -21,6 +21,7 @@ from services.api.admission import Admission, Admitted
 from services.api.http import JSON_OPTIONS
 from services.api.submission_checks import SubmissionChecks
 from services.api.views import task_created_view
+from services.api.workflow_intake import WorkflowIntake
 from shared import metrics
 from shared.amqp.consumer import QueueConsumer, quietly
 from shared.amqp.dead_letter import dead_letter_headers
@@ -34,6 +35,9 @@ from shared.topology import SUBMIT_QUEUE, Topology, declare_queue
 
 PREFETCH = 64
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
+
+# The AMQP `type` property of a workflow submission (docs/decisions/0101); anything else is one task.
+WORKFLOW_MESSAGE_TYPE = "workflow"
 UNAVAILABLE_PAUSE_SECONDS = 1.0
 
 # tm.submit is authorised by RabbitMQ (who may write to it), not by API keys: a
@@ -51,8 +55,10 @@ class SubmitConsumer:
         limits: RequestLimits,
         checks: SubmissionChecks,
         topology: Topology,
+        workflows: WorkflowIntake | None = None,
     ) -> None:
         self._channel = channel
+        self._workflows = workflows
         self._checks = checks
         self._topology = topology
         self._admission = admission
@@ -82,10 +88,14 @@ class SubmitConsumer:
             await self._refuse(message, exc)
             return
         key = message.message_id or None
+        if key is not None and not _IDEMPOTENCY_KEY.match(key):
+            await self._refuse(message, InvalidRequest("invalid message_id", [FieldError(
+                "message_id", "must be 1-255 visible ASCII characters (it is the idempotency key)")]))
+            return
+        if message.type == WORKFLOW_MESSAGE_TYPE and self._workflows is not None:
+            await self._handle_workflow(message, data)
+            return
         try:
-            if key is not None and not _IDEMPOTENCY_KEY.match(key):
-                raise InvalidRequest("invalid message_id", [FieldError(
-                    "message_id", "must be 1-255 visible ASCII characters (it is the idempotency key)")])
             valid = validate_task_request(data, self._registry, self._limits)
             await self._checks.check(valid, AMQP_PRINCIPAL)
         except InvalidRequest as exc:
@@ -107,8 +117,34 @@ class SubmitConsumer:
             await self._refuse(message, result)
             return
         assert isinstance(result, Admitted)
-        created = task_created_view(result.task).model_dump()
+        created = task_created_view(result.task).model_dump(exclude_unset=True)
         await self._reply(message, {"ok": True, "created": result.created, **created})
+        await message.ack()
+
+    async def _handle_workflow(self, message: AbstractIncomingMessage, data: Any) -> None:
+        """The body of `POST /api/v1/workflows`, with the AMQP `type` property `workflow`."""
+        assert self._workflows is not None
+        try:
+            plan = self._workflows.validate(data)
+        except TaskManagerError as exc:
+            await self._refuse(message, exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - poison, as for a single task (decision 0062)
+            logger.opt(exception=exc).error("tm.submit: workflow validation raised unexpectedly; dead-lettering")
+            await self._refuse(message, InvalidRequest(
+                f"the workflow could not be validated ({type(exc).__name__}); it was dead-lettered"))
+            return
+        try:
+            admitted = await self._workflows.admit(plan, AMQP_PRINCIPAL, message.message_id or None)
+        except Unavailable:
+            await asyncio.sleep(UNAVAILABLE_PAUSE_SECONDS)
+            await quietly(message.nack(requeue=True))
+            return
+        except TaskManagerError as exc:
+            await self._refuse(message, exc)
+            return
+        created = (await self._workflows.created(admitted)).model_dump()
+        await self._reply(message, {"ok": True, "created": admitted.created, **created})
         await message.ack()
 
     async def _refuse(self, message: AbstractIncomingMessage, error: TaskManagerError) -> None:

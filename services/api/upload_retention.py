@@ -29,8 +29,10 @@ SELECT u.file_ref FROM uploads u
 WHERE NOT EXISTS (
         SELECT 1 FROM tasks t
         WHERE t.payload ? 'file_ref' AND t.payload->>'file_ref' = u.file_ref
-          AND (t.status IN ('queued', 'processing')
+          AND (t.status IN ('waiting', 'scheduled', 'queued', 'processing')
                OR coalesce(t.finished_at, t.updated_at) > now() - make_interval(secs => :retention)))
+  -- A periodic schedule's template uses its upload at every firing (docs/scheduler.md).
+  AND NOT EXISTS (SELECT 1 FROM schedules s WHERE s.task->'payload'->>'file_ref' = u.file_ref)
   AND (u.created_at < now() - make_interval(secs => :unused)
        OR EXISTS (SELECT 1 FROM tasks t WHERE t.payload ? 'file_ref' AND t.payload->>'file_ref' = u.file_ref))
 ORDER BY u.created_at

@@ -7,13 +7,20 @@ from services.api.schemas import CallbackState, TaskCreated, TaskView
 from services.api.task_repository import TaskRow
 
 _TASK_FIELDS = (
-    "task_type", "kb_id", "status", "progress", "stage", "priority", "attempts", "retry_limit", "created_at",
-    "started_at", "estimated_completion", "finished_at", "next_attempt_at", "result", "error",
+    "task_type", "kb_id", "status", "progress", "stage", "priority", "attempts", "retry_limit", "run", "created_at",
+    "started_at", "estimated_completion", "finished_at", "next_attempt_at", "result", "error", "run_at",
 )
 
 
-def task_created_view(row: TaskRow) -> TaskCreated:
-    return TaskCreated(task_id=str(row["id"]), status=row["status"], created_at=row["created_at"])
+def task_created_view(row: TaskRow, created: bool | None = None) -> TaskCreated:
+    """The seed's `{task_id, status, created_at}`, plus `run_at` for a delayed task and
+    `created: false` for a replay (left out otherwise, so the seed's shape holds)."""
+    extra: dict[str, object] = {}
+    if row.get("run_at") is not None:
+        extra["run_at"] = row["run_at"]
+    if created is False:
+        extra["created"] = False
+    return TaskCreated(task_id=str(row["id"]), status=row["status"], created_at=row["created_at"], **extra)
 
 
 def task_view(row: TaskRow, **extra: object) -> TaskView:

@@ -8,11 +8,13 @@ import asyncio
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from loguru import logger
 
+from services.cli import schedules as schedules_cli
 from services.cli.client import ApiClient, ApiError, ApiUnreachable
 from services.cli.supervisor import Supervisor, fleet
 from services.worker.stages import known_stages
@@ -62,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     topology.add_argument("--verify-only", action="store_true", help="only check that everything exists")
     topology.set_defaults(func=cmd_topology)
 
+    bootstrap = sub.add_parser("bootstrap", help="generate the callback secret and the first API key if missing")
+    bootstrap.add_argument("--api-key-file", type=Path, help="where a generated first API key is written (0600)")
+    bootstrap.set_defaults(func=cmd_bootstrap)
+
     db = sub.add_parser("db", help="the local PostgreSQL used when POSTGRES_HOST is not set")
     db.add_argument("action", choices=["start", "stop", "status"])
     db.set_defaults(func=cmd_db)
@@ -74,8 +80,21 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--retry-limit", type=int)
     submit.add_argument("--callback-url")
     submit.add_argument("--idempotency-key")
-    submit.add_argument("--wait", action="store_true", help="wait until the task ends and print it")
+    submit.add_argument("--wait", action="store_true", help="show its progress live, then print it when it ends")
     submit.set_defaults(func=cmd_submit)
+
+    ingest = sub.add_parser("ingest", help="upload and submit every file of a folder; resumable")
+    ingest.add_argument("folder")
+    ingest.add_argument("--kb", dest="kb_id", required=True)
+    ingest.add_argument("--task-type", default="document_processing")
+    ingest.add_argument("--state", help="where to remember what was done (default: FOLDER/.taskmgr-ingest.json)")
+    ingest.add_argument("--retry-failed", action="store_true", help="retry files whose task failed last time")
+    ingest.set_defaults(func=cmd_ingest)
+
+    top = sub.add_parser("top", help="live view of workers and queues (admin key)")
+    top.add_argument("--interval", type=float, default=2.0)
+    top.add_argument("--once", action="store_true", help="draw once and exit")
+    top.set_defaults(func=cmd_top)
 
     status = sub.add_parser("status", help="show a task")
     status.add_argument("task_id")
@@ -96,6 +115,8 @@ def _parser() -> argparse.ArgumentParser:
         action.add_argument("task_ids", nargs="*")
         action.add_argument("--all", action="store_true")
     dlq.set_defaults(func=cmd_dlq)
+
+    schedules_cli.register(sub).set_defaults(func=cmd_schedules)
 
     keys = sub.add_parser("keys", help="API keys: create (shown once), list, revoke")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
@@ -191,6 +212,13 @@ async def _topology(settings: Settings, *, verify_only: bool) -> int:
     return 0
 
 
+def cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
+    from services.cli.bootstrap import run_bootstrap
+
+    _ensure_postgres(settings)
+    return asyncio.run(run_bootstrap(args, settings))
+
+
 def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.postgres.uses_local_server:
         print(f"POSTGRES_HOST is set ({settings.postgres.describe()}); the local server is not used")
@@ -253,9 +281,34 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     for key in ("kb_id", "priority", "retry_limit", "callback_url"):
         if getattr(args, key) is not None:
             body[key] = getattr(args, key)
+    if args.wait:  # a live progress bar from the event stream (the SDK)
+        from services.cli.sdk import sdk_run
+
+        task = sdk_run(settings, lambda tm, console: console.submit_and_follow(
+            tm, body, idempotency_key=args.idempotency_key))
+        _print(task.model_dump(mode="json"))
+        return 0 if task.status == "completed" else 2
     client = _client(settings)
     created = client.submit(body, args.idempotency_key)
-    return _print_or_wait(client, created, wait=args.wait)
+    return _print_or_wait(client, created, wait=False)
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from services.cli.sdk import sdk_run
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise PreflightError(f"{folder} is not a folder")
+    return sdk_run(settings, lambda tm, console: console.ingest(  # type: ignore[no-any-return]
+        tm, folder, args.kb_id, task_type=args.task_type, state_path=Path(args.state) if args.state else None,
+        retry_failed=args.retry_failed))
+
+
+def cmd_top(args: argparse.Namespace, settings: Settings) -> int:
+    from services.cli.sdk import sdk_run
+
+    return sdk_run(settings, lambda tm, console: console.top(  # type: ignore[no-any-return]
+        tm, interval=args.interval, iterations=1 if args.once else None))
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -279,6 +332,14 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
             raise PreflightError(f"dlq {args.dlq_command}: give task ids or --all (not both)")
         body = {"all": True} if args.all else {"task_ids": args.task_ids}
         _print(client.request("POST", f"/api/v1/dlq/{args.dlq_command}", body)[1])
+    return 0
+
+
+def cmd_schedules(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        _print(schedules_cli.run(args, _client(settings)))
+    except schedules_cli.ScheduleArgumentError as exc:
+        raise PreflightError(str(exc)) from None
     return 0
 
 

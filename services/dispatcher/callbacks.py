@@ -41,7 +41,8 @@ _CLAIM = text("""
 UPDATE callbacks AS c SET next_attempt_at = now() + make_interval(secs => :lease)
 FROM (
     SELECT task_id, run FROM callbacks
-    WHERE state = 'pending' AND next_attempt_at <= now()
+    -- run 0 is a workflow's callback (workflow_callbacks.py), not a task's.
+    WHERE state = 'pending' AND next_attempt_at <= now() AND run > 0
     ORDER BY next_attempt_at
     LIMIT :limit
     FOR UPDATE SKIP LOCKED

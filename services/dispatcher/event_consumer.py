@@ -13,6 +13,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from backoff.types import Details
 from loguru import logger
 
+from services.dispatcher.event_log import EventLog
 from services.dispatcher.state_fold import fold
 from services.dispatcher.state_writer import Ended, TaskStateWriter
 from shared import metrics
@@ -36,8 +37,10 @@ class EventConsumer:
         settings: DispatcherSettings,
         *,
         on_callbacks_queued: Callable[[], None],
+        event_log: EventLog | None = None,
     ) -> None:
         self._writer = writer
+        self._event_log = event_log
         self._publisher = publisher
         self._batch_max = settings.batch_max_events
         self._batch_wait = settings.batch_max_wait_seconds
@@ -107,21 +110,26 @@ class EventConsumer:
         self._record(events, ended)
         if any(e.callback_queued for e in ended):
             self._on_callbacks_queued()
-        for task_id in stale_cancelled:
+        for task_id, run in stale_cancelled:
             with contextlib.suppress(Unavailable):
-                await self._publisher.control(CancelTask(task_id=task_id, reason="cancelled before it ran"))
+                await self._publisher.control(CancelTask(task_id=task_id, run=run, reason="cancelled before it ran"))
 
-    async def _write(self, events: list[TaskEvent]) -> tuple[list[Ended], list[str]]:
+    async def _write(self, events: list[TaskEvent]) -> tuple[list[Ended], list[tuple[str, int]]]:
         deltas = fold(events)
 
         def unhealthy(details: Details) -> None:
             self.database_healthy = False
             logger.warning("database write failed ({}); retrying in {:.1f}s", details.get("exception"), details["wait"])
 
+        async def log_and_apply() -> tuple[list[Ended], list[tuple[str, int]]]:
+            if self._event_log is not None:  # idempotent on its own: a retry appends nothing twice
+                await self._event_log.append(events)
+            return await self._writer.apply(deltas)
+
         write = backoff.on_exception(
             backoff.expo, DB_ERRORS, max_value=5, giveup=lambda _: self._stopping, on_backoff=unhealthy, logger=None
-        )(self._writer.apply)
-        result = await write(deltas)
+        )(log_and_apply)
+        result = await write()
         if not self.database_healthy:
             logger.info("database writes recovered")
         self.database_healthy = True

@@ -18,7 +18,7 @@ from shared.topology import DISPATCHER_RPC_QUEUE, Topology, declare_queue
 MAX_IDS = 100_000
 
 _CANCELLED = text("""
-SELECT CAST(id AS text) AS id FROM tasks
+SELECT CAST(id AS text) AS id, run FROM tasks
 WHERE status = 'cancelled' AND finished_at > now() - make_interval(secs => :within)
 ORDER BY finished_at DESC LIMIT :limit
 """)
@@ -45,11 +45,12 @@ class DispatcherRpc:
         try:
             async with self._engine.connect() as conn:
                 rows = await conn.execute(_CANCELLED, {"within": query.within_seconds, "limit": MAX_IDS})
-                ids = [r.id for r in rows]
+                found = [(r.id, r.run) for r in rows]
         except Exception as exc:  # noqa: BLE001 - the asker times out and carries on
             logger.warning("could not answer which tasks are cancelled: {}", exc)
             return None
-        return CancelledTasksReply(task_ids=ids).model_dump_json().encode()
+        return CancelledTasksReply(task_ids=[i for i, _ in found],
+                                   runs=[r for _, r in found]).model_dump_json().encode()
 
     async def _reply(self, reply_to: str, correlation_id: str | None, body: bytes) -> None:
         try:

@@ -11,8 +11,13 @@ from sqlalchemy import text
 
 from services.dispatcher.callbacks import CallbackSender
 from services.dispatcher.event_consumer import EventConsumer
+from services.dispatcher.event_log import EventLog
+from services.dispatcher.periodic import ScheduleFiring
+from services.dispatcher.releases import ReleasePublisher
 from services.dispatcher.rpc import DispatcherRpc
+from services.dispatcher.scheduler import DelayedRelease
 from services.dispatcher.state_writer import TaskStateWriter
+from services.dispatcher.workflow_callbacks import WorkflowCallbackSender
 from shared.amqp.connection import connect
 from shared.amqp.publisher import Publisher
 from shared.amqp.readiness import BrokerReadiness
@@ -40,11 +45,16 @@ async def run_dispatcher(settings: Settings, registry: TaskTypeRegistry | None =
     session = aiohttp.ClientSession(connector=guarded_connector(policy), trust_env=False)
 
     callbacks = CallbackSender(engine, settings.callbacks, session, policy)
+    workflow_callbacks = WorkflowCallbackSender(engine, settings.callbacks, session, policy)
+    releases = ReleasePublisher(engine, publisher, context_max_bytes=settings.dispatcher.dependency_context_max_bytes)
+    event_log = EventLog(engine, retention_seconds=settings.events.log_retention_seconds)
     consumer = EventConsumer(
-        TaskStateWriter(engine, default_callback_url=settings.callbacks.kb_callback_url),
+        TaskStateWriter(engine, default_callback_url=settings.callbacks.kb_callback_url, on_released=releases.wake,
+                        on_workflows_closed=workflow_callbacks.wake),
         publisher,
         settings.dispatcher,
         on_callbacks_queued=callbacks.wake,
+        event_log=event_log,
     )
 
     async def database_ready() -> None:
@@ -65,13 +75,26 @@ async def run_dispatcher(settings: Settings, registry: TaskTypeRegistry | None =
     await consumer.start(connection, topology)
     await rpc.start(connection, topology)
     callbacks.start()
+    workflow_callbacks.start()
+    releases.start()
+    event_log.start()
+    delayed = DelayedRelease(engine, publisher, poll_seconds=settings.dispatcher.scheduler_poll_seconds)
+    delayed.start()
+    periodic = ScheduleFiring(engine, publisher, poll_seconds=settings.dispatcher.scheduler_poll_seconds,
+                              grace_seconds=settings.dispatcher.schedule_misfire_grace_seconds)
+    periodic.start()
     logger.info("dispatcher ready")
     await stop.wait()
 
     logger.info("dispatcher shutting down")
+    await delayed.stop()
+    await periodic.stop()
     await consumer.stop()
     await rpc.stop()
     await callbacks.stop()
+    await workflow_callbacks.stop()
+    await releases.stop()
+    await event_log.stop()
     await session.close()
     if ops is not None:
         await ops.cleanup()

@@ -3,12 +3,14 @@
 The batch travels as one JSON parameter (`jsonb_to_recordset`), is upserted
 under the monotonic rules of `state_fold.py`, and the callback outbox rows for
 tasks that just ended are inserted by the same statement, so a callback exists
-exactly when its terminal state committed.
+exactly when its terminal state committed. A batch that ends tasks also settles
+their dependants and closes finished workflows in the same transaction
+(`dependencies.py`, `workflow_ends.py`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,10 +18,11 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from services.dispatcher import dependencies, workflow_ends
 from services.dispatcher.state_fold import TaskDelta
 from shared.status import TaskStatus
 
-_RANK = "CASE {} WHEN 'queued' THEN 0 WHEN 'processing' THEN 1 ELSE 2 END"
+_RANK = "CASE {} WHEN 'waiting' THEN -1 WHEN 'scheduled' THEN -1 WHEN 'queued' THEN 0 WHEN 'processing' THEN 1 ELSE 2 END"
 _TERMINAL = "('completed', 'failed', 'cancelled')"
 _RECORD = """
     id uuid, run int, task_type text, kb_id text, status text, progress int, stage text, attempts int,
@@ -47,6 +50,8 @@ WITH d AS (
     SELECT id, run, task_type, kb_id, 0, status, progress, stage, attempts, error, result,
            started_at, finished_at, estimated_completion, next_attempt_at, at, at
     FROM d
+    -- Rows in id order: admission locks parents in the same order (no deadlock).
+    ORDER BY id
     ON CONFLICT (id) DO UPDATE SET
         status = CASE WHEN {_RANK.format("EXCLUDED.status")} > {_RANK.format("t.status")}
                       THEN EXCLUDED.status ELSE t.status END,
@@ -82,8 +87,15 @@ SELECT CAST(up.id AS text) AS id, up.status, up.task_type,
 FROM up
 """).bindparams(bindparam("batch", type_=JSONB))
 
+# Plain tasks (no children, not waiting, no workflow) stop here: one probe for all.
+_LINKS = text("""
+SELECT EXISTS (SELECT 1 FROM task_edges WHERE parent_id = ANY(CAST(:ids AS uuid[])) AND NOT settled)
+       OR EXISTS (SELECT 1 FROM waiting_tasks WHERE task_id = ANY(CAST(:ids AS uuid[]))) AS children,
+       EXISTS (SELECT 1 FROM workflow_tasks WHERE task_id = ANY(CAST(:ids AS uuid[]))) AS workflows
+""")
+
 _CANCELLED_AMONG = text("""
-SELECT CAST(id AS text) AS id FROM tasks
+SELECT CAST(id AS text) AS id, run FROM tasks
 WHERE id = ANY(CAST(:ids AS uuid[])) AND status = 'cancelled'
 """)
 
@@ -99,31 +111,64 @@ class Ended:
 
 
 class TaskStateWriter:
-    def __init__(self, engine: AsyncEngine, *, default_callback_url: str | None) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, default_callback_url: str | None, on_released: Callable[[], None] = lambda: None,
+        on_workflows_closed: Callable[[], None] = lambda: None,
+    ) -> None:
         self._engine = engine
+        self._on_released = on_released
+        self._on_workflows_closed = on_workflows_closed
         # The upsert (with its outbox insert) is one statement, atomic on its own:
         # without a replay to apply first it needs no BEGIN/COMMIT round trips.
         self._single_statements = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._default_callback_url = default_callback_url
 
-    async def apply(self, deltas: Sequence[TaskDelta]) -> tuple[list[Ended], list[str]]:
+    async def apply(self, deltas: Sequence[TaskDelta]) -> tuple[list[Ended], list[tuple[str, int]]]:
         """Commit `deltas` atomically. Answers the tasks that ended now, and the
-        ids among still-running deltas whose task was already cancelled (their
-        workers missed the cancel and should be told again)."""
+        (id, run) among still-running deltas whose task was already cancelled
+        (their workers missed the cancel and should be told again)."""
         batch = [_record(d) for d in deltas]
         requeues = [r for r, d in zip(batch, deltas, strict=True) if d.requeued]
         params = {"batch": batch, "default_callback_url": self._default_callback_url}
-        if requeues:
-            async with self._engine.begin() as conn:  # the reset and the upsert commit together
-                await conn.execute(_REQUEUE, {"batch": requeues})
+        if requeues or any(d.status.is_terminal for d in deltas):
+            # The reset, the upsert and the release or cancel of dependants commit together.
+            async with self._engine.begin() as conn:
+                if requeues:
+                    await conn.execute(_REQUEUE, {"batch": requeues})
                 rows = (await conn.execute(_UPSERT, params)).all()
-                return self._outcome(deltas, rows, await self._stale_cancelled(conn, deltas, rows))
+                ended, stale = self._outcome(deltas, rows, await self._stale_cancelled(conn, deltas, rows))
+                settled, workflow_callbacks = await self._settle_links(conn, ended)
+            if settled.released:
+                self._on_released()
+            if workflow_callbacks:
+                self._on_workflows_closed()
+            return ended, stale
         async with self._single_statements.connect() as conn:
             rows = (await conn.execute(_UPSERT, params)).all()
             return self._outcome(deltas, rows, await self._stale_cancelled(conn, deltas, rows))
 
+    async def _settle_links(self, conn: AsyncConnection, ended: list[Ended]) -> tuple[dependencies.Settled, int]:
+        """Dependants and workflows of the tasks that just ended (`ended` grows by
+        the tasks a failed parent cancelled). A new statement, so it sees edges an
+        admission committed while the upsert waited for its parent's row lock."""
+        nothing = dependencies.Settled([], [])
+        if not ended:
+            return nothing, 0
+        probe = (await conn.execute(_LINKS, {"ids": [e.task_id for e in ended]})).one()
+        settled = nothing
+        if probe.children:
+            settled = await dependencies.settle(
+                conn, [(e.task_id, e.status) for e in ended], default_callback_url=self._default_callback_url)
+            ended.extend(Ended(c.task_id, TaskStatus.CANCELLED, c.task_type, c.callback_queued)
+                         for c in settled.cancelled)
+        if not probe.workflows and not settled.cancelled:
+            return settled, 0
+        return settled, await workflow_ends.close_finished(
+            conn, [e.task_id for e in ended], default_callback_url=self._default_callback_url)
+
     @staticmethod
-    def _outcome(deltas: Sequence[TaskDelta], rows: Sequence[Any], stale: list[str]) -> tuple[list[Ended], list[str]]:
+    def _outcome(deltas: Sequence[TaskDelta], rows: Sequence[Any],
+                 stale: list[tuple[str, int]]) -> tuple[list[Ended], list[tuple[str, int]]]:
         ended = [
             Ended(r.id, TaskStatus(r.status), r.task_type, r.callback_queued)
             for r in rows
@@ -132,7 +177,9 @@ class TaskStateWriter:
         return ended, stale
 
     @staticmethod
-    async def _stale_cancelled(conn: AsyncConnection, deltas: Sequence[TaskDelta], rows: Sequence[Any]) -> list[str]:
+    async def _stale_cancelled(
+        conn: AsyncConnection, deltas: Sequence[TaskDelta], rows: Sequence[Any]
+    ) -> list[tuple[str, int]]:
         # Deltas that changed nothing hit a frozen (terminal) row: if it was
         # cancelled, a worker is running a task it should have skipped.
         updated = {r.id for r in rows}
@@ -140,7 +187,7 @@ class TaskStateWriter:
         if not unchanged:
             return []
         found = await conn.execute(_CANCELLED_AMONG, {"ids": unchanged})
-        return [r.id for r in found]
+        return [(r.id, r.run) for r in found]
 
 
 def _record(delta: TaskDelta) -> dict[str, Any]:

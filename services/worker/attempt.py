@@ -38,6 +38,7 @@ class AttemptContext:
     ) -> None:
         self.task = task
         self.files = files
+        self.parents: Mapping[str, Any] = task.context.get("parents") or {}
         self.task_id = task.task_id
         self.kb_id = task.kb_id
         self.task_type = task.task_type

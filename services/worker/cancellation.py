@@ -28,7 +28,8 @@ class CancelledByRequest(Exception):
 
 class CancellationRegistry:
     def __init__(self, *, remember_seconds: float = 24 * 3600, max_remembered: int = 100_000) -> None:
-        self._cancelled: OrderedDict[str, float] = OrderedDict()
+        # task id -> (forget after, cancelled run; None: every run)
+        self._cancelled: OrderedDict[str, tuple[float, int | None]] = OrderedDict()
         self._running: dict[str, asyncio.Task[object]] = {}
         self._requested: set[str] = set()
         self._remember_seconds = remember_seconds
@@ -51,8 +52,9 @@ class CancellationRegistry:
             if answer.cancelled():
                 return
             reply = answer.result()
-            for task_id in reply.task_ids:
-                self._remember(task_id)
+            runs = reply.runs if reply.runs and len(reply.runs) == len(reply.task_ids) else None
+            for i, task_id in enumerate(reply.task_ids):
+                self._remember(task_id, runs[i] if runs else None)
             logger.info("{} recently cancelled task(s) will be skipped", len(reply.task_ids))
 
         answer.add_done_callback(apply)
@@ -71,12 +73,12 @@ class CancellationRegistry:
         except PoisonMessage as exc:
             logger.warning("ignored a control message: {}", exc)
             return
-        if self.cancel(command.task_id):
+        if self.cancel(command.task_id, command.run):
             logger.info("cancelling running task {}", command.task_id)
 
-    def cancel(self, task_id: str) -> bool:
+    def cancel(self, task_id: str, run: int | None = None) -> bool:
         """Remember the cancel; stop the attempt if it runs here. True when it was running."""
-        self._remember(task_id)
+        self._remember(task_id, run)
         running = self._running.get(task_id)
         if running is None or running.done():
             return False
@@ -84,9 +86,12 @@ class CancellationRegistry:
         running.cancel("cancelled by request")
         return True
 
-    def is_cancelled(self, task_id: str) -> bool:
-        expires = self._cancelled.get(task_id)
-        return expires is not None and expires > time.monotonic()
+    def is_cancelled(self, task_id: str, run: int = 1) -> bool:
+        """True for a cancelled run of the task; a later run (a retry) is not cancelled."""
+        entry = self._cancelled.get(task_id)
+        if entry is None or entry[0] <= time.monotonic():
+            return False
+        return entry[1] is None or run <= entry[1]
 
     async def run(self, task_id: str, work: Awaitable[T]) -> T:
         """Run `work` so that a cancel for `task_id` can stop it.
@@ -106,9 +111,9 @@ class CancellationRegistry:
             self._running.pop(task_id, None)
             self._requested.discard(task_id)
 
-    def _remember(self, task_id: str) -> None:
+    def _remember(self, task_id: str, run: int | None) -> None:
         now = time.monotonic()
-        self._cancelled[task_id] = now + self._remember_seconds
+        self._cancelled[task_id] = (now + self._remember_seconds, run)
         self._cancelled.move_to_end(task_id)
         while len(self._cancelled) > self._max_remembered:
             self._cancelled.popitem(last=False)

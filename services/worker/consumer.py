@@ -38,12 +38,11 @@ from shared.errors import PoisonMessage
 from shared.messages import TaskMessage, utcnow
 from shared.settings import RetrySettings, WorkerSettings
 from shared.task_files import TaskFiles
+from shared.task_limits import OUTCOME_PUBLISH_MAX_SECONDS
 from shared.topology import Topology, declare_queue, stage_queue
 
-# How long a worker keeps retrying the publishes of an outcome (the broker
-# refusing them) while still holding the delivery; RabbitMQ's consumer_timeout
-# must exceed the longest attempt plus this.
-OUTCOME_PUBLISH_MAX_SECONDS = 300
+# OUTCOME_PUBLISH_MAX_SECONDS: how long a worker keeps retrying the publishes of an
+# outcome while still holding the delivery (shared/task_limits.py ties it to consumer_timeout).
 
 
 class StageWorker:
@@ -137,7 +136,7 @@ class StageWorker:
         with logger.contextualize(
             task_id=task.task_id, kb_id=task.kb_id, task_type=task.task_type, stage=self.stage, attempt=attempt
         ):
-            if self._cancellations.is_cancelled(task.task_id):
+            if self._cancellations.is_cancelled(task.task_id, task.run):
                 logger.info("skipping a task cancelled before it ran")
                 await self._settle(message, [plan.PublishEvent(plan.cancelled_event(task, attempt))])
                 return

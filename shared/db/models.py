@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
     Float,
+    ForeignKey,
     Index,
     Integer,
     MetaData,
@@ -21,7 +23,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
 metadata = MetaData()
 
-TASK_STATUSES = ("queued", "processing", "completed", "failed", "cancelled")
+TASK_STATUSES = ("waiting", "scheduled", "queued", "processing", "completed", "failed", "cancelled")
 CALLBACK_STATES = ("pending", "delivered", "failed")
 
 tasks = Table(
@@ -53,6 +55,8 @@ tasks = Table(
     Column("request_hash", Text),
     # "key:<id>", "anonymous" (auth off) or "amqp" (tm.submit); idempotency keys are per owner.
     Column("created_by", Text, nullable=False, server_default="anonymous"),
+    Column("run_at", DateTime(timezone=True)),  # a delayed task's due time (status 'scheduled' until then)
+    Column("unique_key", Text),
     CheckConstraint(f"status IN {TASK_STATUSES}", name="ck_tasks_status"),
     CheckConstraint("progress BETWEEN 0 AND 100", name="ck_tasks_progress"),
     Index("ux_tasks_owner_idempotency_key", "created_by", "idempotency_key", unique=True,
@@ -110,4 +114,111 @@ uploads = Table(
     Column("content_type", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     Index("ix_uploads_created_at", "created_at"),
+)
+
+# Task dependencies (docs/decisions/0100): edges settle once; a waiting task's
+# first-stage message waits in `waiting_tasks`; released ones pass through the
+# `task_releases` outbox.
+task_edges = Table(
+    "task_edges",
+    metadata,
+    Column("parent_id", UUID(as_uuid=False), primary_key=True),
+    Column("child_id", UUID(as_uuid=False), primary_key=True),
+    Column("settled", Boolean, nullable=False, server_default=text("false")),
+    Index("ix_task_edges_child", "child_id"),
+)
+
+waiting_tasks = Table(
+    "waiting_tasks",
+    metadata,
+    Column("task_id", UUID(as_uuid=False), primary_key=True),
+    Column("message", JSONB, nullable=False),
+    Column("remaining", Integer, nullable=False),
+    Column("on_parent_failure", Text, nullable=False, server_default="cancel"),
+    CheckConstraint("on_parent_failure IN ('cancel', 'run')", name="ck_waiting_on_parent_failure"),
+)
+
+task_releases = Table(
+    "task_releases",
+    metadata,
+    Column("task_id", UUID(as_uuid=False), primary_key=True),
+    Column("message", JSONB, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+)
+
+# Workflows (docs/decisions/0101): a set of tasks named by local refs.
+WORKFLOW_STATUSES = ("running", "completed", "failed", "cancelled")
+
+workflows = Table(
+    "workflows",
+    metadata,
+    Column("id", UUID(as_uuid=False), primary_key=True),
+    Column("created_by", Text, nullable=False),
+    Column("callback_url", Text),
+    Column("status", Text, nullable=False, server_default="running"),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("idempotency_key", Text),
+    CheckConstraint(f"status IN {WORKFLOW_STATUSES}", name="ck_workflows_status"),
+    Index("ux_workflows_owner_idempotency_key", "created_by", "idempotency_key", unique=True,
+          postgresql_where=text("idempotency_key IS NOT NULL")),
+)
+
+workflow_tasks = Table(
+    "workflow_tasks",
+    metadata,
+    Column("workflow_id", UUID(as_uuid=False), primary_key=True),
+    Column("ref", Text, primary_key=True),
+    Column("task_id", UUID(as_uuid=False), nullable=False, unique=True),
+)
+
+# A delayed task's message, published by the dispatcher's release loop when due (decision 0090).
+delayed_tasks = Table(
+    "delayed_tasks",
+    metadata,
+    Column("task_id", UUID(as_uuid=False), primary_key=True),
+    Column("due_at", DateTime(timezone=True), nullable=False),
+    Column("message", JSONB, nullable=False),
+    Index("ix_delayed_tasks_due_at", "due_at"),
+)
+
+# Who holds a unique key (per owner); reclaimable once its task ended and its window passed.
+unique_keys = Table(
+    "unique_keys",
+    metadata,
+    Column("owner", Text, primary_key=True),
+    Column("unique_key", Text, primary_key=True),
+    Column("task_id", UUID(as_uuid=False), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+
+# Periodic schedules (docs/scheduler.md); `next_fire_at` is the first firing not yet made.
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("id", UUID(as_uuid=False), primary_key=True),
+    Column("name", Text),
+    Column("cron", Text, nullable=False),
+    Column("timezone", Text, nullable=False),
+    Column("catch_up", Text, nullable=False),
+    Column("task", JSONB, nullable=False),  # the validated task request each firing submits
+    Column("kb_id", Text),
+    Column("created_by", Text, nullable=False),
+    Column("paused", Boolean, nullable=False, server_default=text("false")),
+    Column("next_fire_at", DateTime(timezone=True), nullable=False),
+    Column("last_fire_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint("catch_up IN ('none', 'latest', 'all')", name="ck_schedules_catch_up"),
+    Index("ix_schedules_due", "next_fire_at", postgresql_where=text("NOT paused")),
+)
+
+# One row per firing: the primary key (schedule, fire time) makes each firing one task.
+schedule_firings = Table(
+    "schedule_firings",
+    metadata,
+    Column("schedule_id", UUID(as_uuid=False), ForeignKey("schedules.id", ondelete="CASCADE"), primary_key=True),
+    Column("fire_time", DateTime(timezone=True), primary_key=True),
+    Column("fired_at", DateTime(timezone=True), nullable=False),
+    Column("idempotency_key", Text, nullable=False),
 )

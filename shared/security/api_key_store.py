@@ -51,13 +51,14 @@ class ApiKeyStore:
 
     async def create(
         self, name: str, scopes: Iterable[Scope], *, kb_ids: Iterable[str] | None = None,
-        expires_in: timedelta | None = None,
+        expires_in: timedelta | None = None, key: NewKey | None = None,
     ) -> tuple[NewKey, KeyRecord]:
+        """Store a new key: a generated one, or `key` (an operator-chosen token)."""
         scopes = sorted(set(scopes))
         kbs = sorted(set(kb_ids)) if kb_ids is not None else None
         if Scope.ADMIN in scopes and kbs is not None:
             raise ValueError("an admin key acts on the whole fleet; it cannot be restricted to knowledge bases")
-        key = generate_key()
+        key = key or generate_key()
         now = utcnow()
         async with self._engine.begin() as conn:
             await conn.execute(api_keys.insert().values(

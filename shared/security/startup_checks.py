@@ -35,7 +35,11 @@ def problems(settings: Settings, process: str) -> tuple[list[str], list[str]]:
         refuse.append("AUTH_REQUIRED=false is not allowed in production: every caller would be trusted")
     if process == "dispatcher":
         secrets = settings.callbacks.secrets()
-        if not secrets:
+        secret_file = settings.callbacks.callback_secret_file
+        if not secrets and secret_file is not None:
+            refuse.append(f"CALLBACK_SECRET is not set and CALLBACK_SECRET_FILE {secret_file} is missing or empty: "
+                          "callbacks would be unsigned (run `taskmgr bootstrap` to generate it)")
+        elif not secrets:
             refuse.append("CALLBACK_SECRET is not set: callbacks would be unsigned (set one or more whsec_ secrets)")
         refuse.extend(f"CALLBACK_SECRET #{i + 1} is too weak: {reason}" for i, s in enumerate(secrets)
                       if (reason := _weak(s)))
@@ -45,7 +49,7 @@ def problems(settings: Settings, process: str) -> tuple[list[str], list[str]]:
     amqp = urlsplit(settings.amqp.url.get_secret_value())
     if amqp.username in (None, "", "guest") or amqp.password in (None, "", "guest"):
         refuse.append("AMQP_URL uses the default guest account: give each role its own RabbitMQ user "
-                      "(deploy/rabbitmq/users-and-permissions.json)")
+                      "(deploy/rabbitmq/definitions.json)")
     for entry in settings.callbacks.allowed_hosts or []:
         try:
             if ipaddress.ip_network(entry.strip("[]"), strict=False).prefixlen == 0:

@@ -3,7 +3,7 @@ and (for simple types run by the generic `default` stage) a plain async handler.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -23,6 +23,8 @@ class TaskContext(Protocol):
     attempt: int
     # Safe access to the file the payload names (file_ref / file_path).
     files: TaskFiles
+    # Outcomes of the tasks this one depends_on: {parent_id: {"status", "result", "error"}}.
+    parents: Mapping[str, Any]
 
     async def progress(self, percent: float, message: str | None = None) -> None:
         """Report progress (0-100) within the current stage; only rises."""

@@ -54,10 +54,11 @@ class PrivateRabbitMQ:
             "RABBITMQ_PID_FILE": str(self.root / "rabbitmq.pid"),
         }
 
-    def amqp_url(self, user: str = "taskmgr", password: str = "taskmgr", vhost: str = "") -> str:
-        return f"amqp://{user}:{password}@127.0.0.1:{self.amqp_port}/{vhost}"
+    # definitions.json ships each role with its name as its development password.
+    def amqp_url(self, user: str = "taskmgr-admin", password: str | None = None, vhost: str = "taskmgr") -> str:
+        return f"amqp://{user}:{password or user}@127.0.0.1:{self.amqp_port}/{vhost}"
 
-    def management_url(self, user: str = "taskmgr", password: str = "taskmgr") -> str:
+    def management_url(self, user: str = "taskmgr-admin", password: str = "taskmgr-admin") -> str:
         return f"http://{user}:{password}@127.0.0.1:{self.management_port}"
 
     def ctl(self, *args: str, timeout: float = 60) -> str:

@@ -1,4 +1,5 @@
-"""`/api/v1/openapi.json` (the contract, generated from the app) and
+"""`/api/v1/openapi.json` (the contract, generated from the app),
+`/api/v1/asyncapi.json` (the AMQP contract) and
 `/api/v1/docs` (the same contract as a page a person can read; self-contained,
 no scripts from elsewhere)."""
 
@@ -10,11 +11,13 @@ from typing import Any
 
 from aiohttp import web
 
+from services.api.asyncapi import build_asyncapi
 from services.api.openapi import DocContext, Operation, build_openapi, documented
 from services.api.resources import REGISTRY, SETTINGS
 
 routes = web.RouteTableDef()
 OPENAPI_DOCUMENT = web.AppKey("openapi_document", dict)
+ASYNCAPI_DOCUMENT = web.AppKey("asyncapi_document", dict)
 
 
 def document(app: web.Application) -> dict[str, Any]:
@@ -28,6 +31,15 @@ def document(app: web.Application) -> dict[str, Any]:
                       responses={200: (None, "The OpenAPI document.")}))
 async def openapi_json(request: web.Request) -> web.Response:
     return web.json_response(document(request.app))
+
+
+@routes.get("/api/v1/asyncapi.json")
+@documented(Operation(summary="The AMQP contract (AsyncAPI 3.0): tm.submit, its replies, tm.events",
+                      tag="operations", responses={200: (None, "The AsyncAPI document.")}))
+async def asyncapi_json(request: web.Request) -> web.Response:
+    if ASYNCAPI_DOCUMENT not in request.app:
+        request.app[ASYNCAPI_DOCUMENT] = build_asyncapi(request.app[SETTINGS])
+    return web.json_response(request.app[ASYNCAPI_DOCUMENT])
 
 
 @routes.get("/api/v1/docs")

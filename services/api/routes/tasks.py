@@ -99,7 +99,7 @@ async def submit_task(request: web.Request) -> web.Response:
     result = await admit_one(request, valid)
     task_id = str(result.task["id"])
     return json_response(
-        task_created_view(result.task),
+        task_created_view(result.task, result.created),
         status=201 if result.created else 200,
         headers={"Location": f"/api/v1/tasks/{task_id}"},
     )
@@ -131,7 +131,7 @@ async def submit_batch(request: web.Request) -> web.Response:
         raise InvalidRequest(
             f"a batch holds 1 to {limit} tasks", [FieldError("tasks", f"holds {len(items)} items; allowed 1..{limit}")]
         )
-    header_key = _idempotency_key(request)
+    header_key = idempotency_key(request)
 
     outcomes: list[Any] = []
     for item in items:
@@ -229,7 +229,7 @@ async def cancel_task(request: web.Request) -> web.Response:
             stage=row["stage"] or "default", attempt=max(row["attempts"], 1), finished_at=utcnow(),
         )
     )
-    await publisher.control(CancelTask(task_id=task_id))
+    await publisher.control(CancelTask(task_id=task_id, run=row["run"]))
     deadline = asyncio.get_running_loop().time() + CANCEL_WAIT_SECONDS
     while asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.02)
@@ -263,13 +263,13 @@ async def admit_one(request: web.Request, valid: ValidTask) -> Admitted:
     await app[CHECKS].check(valid, principal)
     if valid.request.kb_id:
         app[RATE_LIMITS].charge_kbs({valid.request.kb_id: 1})
-    [result] = await app[ADMISSION].admit([(valid, _idempotency_key(request))], via="rest", owner=principal.owner)
+    [result] = await app[ADMISSION].admit([(valid, idempotency_key(request))], via="rest", owner=principal.owner)
     if isinstance(result, TaskManagerError):
         raise result
     return result
 
 
-def _idempotency_key(request: web.Request) -> str | None:
+def idempotency_key(request: web.Request) -> str | None:
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is None:
         return None
