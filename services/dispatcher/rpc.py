@@ -1,6 +1,7 @@
 """Answers questions other processes ask the owner of task state, over
 `tm.dispatcher.rpc` (request/reply): today, which tasks were cancelled
-recently, so a worker that starts after a cancel still skips those tasks."""
+recently, so a worker that starts after a cancel still skips those tasks; and
+whether a dead letter moved back by hand may start a new run (`hand_replay.py`)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from loguru import logger
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.dispatcher.hand_replay import claim_hand_replay
 from shared.amqp.publisher import Publisher
 from shared.errors import Unavailable
+from shared.hand_replay import HandReplayRequest
 from shared.messages import CancelledTasksQuery, CancelledTasksReply
 from shared.runtime import bounded
 from shared.topology import DISPATCHER_RPC_QUEUE, Topology, declare_queue
@@ -44,6 +47,9 @@ class DispatcherRpc:
         async with message.process(requeue=False, ignore_processed=True):
             if not message.reply_to:
                 return
+            if b'"hand_replay"' in message.body:
+                await self._answer_hand_replay(message)
+                return
             try:
                 query = CancelledTasksQuery.model_validate_json(message.body)
             except ValueError as exc:
@@ -61,3 +67,20 @@ class DispatcherRpc:
                 await self._publisher.reply(message.reply_to, message.correlation_id, reply)
             except Unavailable:
                 logger.warning("could not deliver the cancelled-tasks answer")
+
+    async def _answer_hand_replay(self, message: AbstractIncomingMessage) -> None:
+        try:
+            request = HandReplayRequest.model_validate_json(message.body)
+        except ValueError as exc:
+            logger.warning("ignored an invalid hand replay request: {}", exc)
+            return
+        try:
+            reply = await claim_hand_replay(self._engine, request)
+        except Exception as exc:  # noqa: BLE001 - the worker times out and requeues the dead letter
+            logger.warning("could not answer a hand replay of {}: {}", request.task_id, exc)
+            return
+        try:
+            await self._publisher.reply(message.reply_to or "", message.correlation_id,
+                                        reply.model_dump_json().encode())
+        except Unavailable:
+            logger.warning("could not deliver the hand replay answer for {}", request.task_id)
