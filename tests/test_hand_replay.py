@@ -148,3 +148,40 @@ async def _ended(broker: Broker, task_id: str) -> list[tuple[str, int]]:
     seen = await broker.events_of(task_id)
     assert ("failed", 2) in seen, seen
     return seen
+
+
+async def test_a_completed_tasks_message_published_by_hand_is_refused_not_run(
+    fleet_factory: FleetFactory, http: Any, receiver: CallbackReceiver
+) -> None:
+    fleet = await fleet_factory(_with_callbacks)
+    api = ApiClient(fleet.api_url, http)
+    path = f"done-{uuid.uuid4().hex[:6]}"
+    async with _broker(fleet) as broker:
+        # What an operator might have kept from an earlier "Get messages": the task as admitted.
+        copies = await broker.channel.declare_queue(exclusive=True)
+        await copies.bind("tm.tasks", "default")
+        control = await broker.channel.declare_queue(exclusive=True)
+        await control.bind("tm.control")
+        task = await api.run({"task_type": "echo", "payload": {"n": 1}, "callback_url": receiver.url(path)})
+        assert task["status"] == "completed"
+        await receiver.wait_for(path)
+        kept = await copies.get(no_ack=True)
+
+        async def announced() -> None:  # workers hear of the finished run on the same broadcast
+            message = await control.get(no_ack=True, fail=False)
+            assert message is not None and task["task_id"] in json.loads(message.body).get("runs", {})
+        await eventually(announced)
+
+        await broker.publish_copy(kept, "", "tm.stage.default")
+
+        async def refused() -> dict[str, Any]:
+            _, dlq = await api.call("GET", "/api/v1/dlq")
+            assert dlq["depth"] == 1, dlq
+            return dlq["items"][0]  # type: ignore[no-any-return]
+        item = await eventually(refused)
+        assert item["task_id"] == task["task_id"] and item["reason"] == "task already finished; use replay"
+        seen = await broker.events_of(task["task_id"])
+        assert [kind for kind, _ in seen].count("completed") == 1, seen
+        after = await api.get(task["task_id"])
+        assert after["status"] == "completed" and after["finished_at"] == task["finished_at"]
+        assert len(receiver.for_path(path)) == 1

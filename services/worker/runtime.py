@@ -12,6 +12,7 @@ from loguru import logger
 from services.worker.cancellation import CancellationRegistry
 from services.worker.consumer import StageWorker
 from services.worker.cpu import CpuPool
+from services.worker.finished_tasks import FinishedRuns
 from services.worker.hand_replay import HandReplayGate
 from services.worker.heartbeat import Heartbeat
 from services.worker.retry_policy import RetryPolicy
@@ -49,6 +50,8 @@ async def run_worker(settings: Settings, stage: str, registry: TaskTypeRegistry 
     cancellations = CancellationRegistry()
     await cancellations.listen(connection)
     await cancellations.sync(connection, wait_seconds=CANCEL_SYNC_WAIT_SECONDS)
+    finished = FinishedRuns()
+    await finished.listen(connection)
     worker = StageWorker(
         stage=stage,
         handler=handler,
@@ -61,6 +64,7 @@ async def run_worker(settings: Settings, stage: str, registry: TaskTypeRegistry 
         cpu=cpu,
         files=TaskFiles.from_settings(settings.files),
         hand_replays=HandReplayGate(connection, publisher, answer_seconds=HAND_REPLAY_ANSWER_SECONDS),
+        finished=finished,
     )
     heartbeat = Heartbeat(worker, publisher, settings.worker.heartbeat_interval_seconds)
 
