@@ -415,6 +415,11 @@ class DispatcherSettings(BaseSettings):
     batch_max_events: int = Field(default=500, alias="DISPATCHER_BATCH_MAX", ge=1)
     # Under load only, how long a batch may linger to grow (an idle dispatcher writes at once).
     batch_max_wait_seconds: float = Field(default=0.02, alias="DISPATCHER_BATCH_WAIT", ge=0)
+    # A queued/processing task silent this long, with its stage queue empty, lost its
+    # message (a purged queue) and is failed into tm.dead; 0 turns the reconciler off.
+    # Keep it above MAX_TASK_TIMEOUT plus the longest retry delay.
+    reconciler_stale_seconds: float = Field(default=3600, alias="RECONCILER_STALE_SECONDS", ge=0)
+    reconciler_interval_seconds: float = Field(default=60, alias="RECONCILER_INTERVAL_SECONDS", gt=0)
 
 
 class Settings(BaseModel):

@@ -185,3 +185,46 @@ async def test_a_completed_tasks_message_published_by_hand_is_refused_not_run(
         after = await api.get(task["task_id"])
         assert after["status"] == "completed" and after["finished_at"] == task["finished_at"]
         assert len(receiver.for_path(path)) == 1
+
+
+def _reconciling(fleet: Fleet) -> None:
+    fleet.add_api()
+    fleet.add_dispatcher(CALLBACK_SECRET=CALLBACK_SECRET, RECONCILER_STALE_SECONDS="2",
+                         RECONCILER_INTERVAL_SECONDS="0.5")
+
+
+async def test_a_task_whose_stage_queue_was_purged_is_failed_then_replayable(
+    fleet_factory: FleetFactory, http: Any, receiver: CallbackReceiver
+) -> None:
+    fleet = await fleet_factory(_reconciling)  # no worker yet: the task waits in its queue
+    api = ApiClient(fleet.api_url, http)
+    path = f"purged-{uuid.uuid4().hex[:6]}"
+    async with _broker(fleet) as broker:
+        created = await api.submit({"task_type": "echo", "payload": {"n": 2}, "callback_url": receiver.url(path)})
+        task_id = created["task_id"]
+        queue = await broker.channel.declare_queue("tm.stage.default", passive=True)
+
+        async def waiting() -> None:
+            assert (await broker.channel.declare_queue("tm.stage.default", passive=True)
+                    ).declaration_result.message_count == 1
+        await eventually(waiting)
+        assert (await api.get(task_id))["status"] == "queued", "a waiting task is left alone"
+        await queue.purge()  # the operator's "Purge messages"
+
+        failed = await api.wait_for(task_id, timeout=30)
+        assert failed["status"] == "failed" and failed["error"]["type"] == "message_lost"
+        assert "taskmgr dlq replay" in failed["error"]["message"]
+        [hit] = await receiver.wait_for(path)
+        assert hit.json["status"] == "failed"
+        assert ("failed", 1) in await broker.events_of(task_id)
+
+        worker = fleet.add_worker(name="worker-late")
+        await fleet.start(worker)
+        status, report = await api.call("POST", "/api/v1/dlq/replay", json={"task_ids": [task_id]})
+        assert status == 200 and report["replayed"] == [task_id], report
+        done = await api.wait_for(task_id, {"completed"}, timeout=30)
+        assert done["result"] == {"n": 2}
+        hits = await receiver.wait_for(path, count=2)
+        assert [h.json["status"] for h in hits] == ["failed", "completed"]
+        seen = await broker.events_of(task_id)
+        assert ("queued", 2) in seen and ("completed", 2) in seen, seen

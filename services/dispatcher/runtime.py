@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from services.dispatcher.callbacks import CallbackSender
 from services.dispatcher.event_consumer import EventConsumer
+from services.dispatcher.reconciler import LostMessageReconciler
 from services.dispatcher.rpc import DispatcherRpc
 from services.dispatcher.state_writer import TaskStateWriter
 from shared.amqp.connection import connect
@@ -65,10 +66,13 @@ async def run_dispatcher(settings: Settings, registry: TaskTypeRegistry | None =
     await consumer.start(connection, topology)
     await rpc.start(connection, topology)
     callbacks.start()
+    reconciler = LostMessageReconciler(engine, connection, publisher, registry, settings.dispatcher)
+    reconciler.start()
     logger.info("dispatcher ready")
     await stop.wait()
 
     logger.info("dispatcher shutting down")
+    await reconciler.stop()
     await consumer.stop()
     await rpc.stop()
     await callbacks.stop()
