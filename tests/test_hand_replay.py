@@ -216,7 +216,6 @@ async def test_a_task_whose_stage_queue_was_purged_is_failed_then_replayable(
         assert "taskmgr dlq replay" in failed["error"]["message"]
         [hit] = await receiver.wait_for(path)
         assert hit.json["status"] == "failed"
-        assert ("failed", 1) in await broker.events_of(task_id)
 
         worker = fleet.add_worker(name="worker-late")
         await fleet.start(worker)

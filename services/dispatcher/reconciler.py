@@ -28,7 +28,7 @@ from shared.messages import ErrorInfo, TaskFailed, TaskMessage, utcnow
 from shared.runtime import stop_task
 from shared.settings import DispatcherSettings
 from shared.task_types import TaskTypeRegistry
-from shared.topology import stage_queue
+from shared.topology import DISPATCHER_EVENTS_QUEUE, stage_queue
 
 # Whichever dispatcher holds this lock reconciles; the others skip the round.
 _LOCK_KEY = 0x746D_7265_636F  # "tmreco"
@@ -115,10 +115,14 @@ class LostMessageReconciler:
         headers = dead_letter_headers(reason, source_queue=stage_queue(row.stage), stage=row.stage,
                                       attempts=row.attempts)
         await self._publisher.dead(message.model_dump_json().encode(), headers=headers, routing_key=row.stage)
-        await self._publisher.event(TaskFailed(
+        failed = TaskFailed(
             task_id=row.id, run=row.run, task_type=row.task_type, kb_id=row.kb_id, stage=row.stage,
             attempt=max(1, row.attempts), finished_at=utcnow(), dead_lettered=True,
-            error=ErrorInfo(type="message_lost", message=reason, stage=row.stage)))
+            error=ErrorInfo(type="message_lost", message=reason, stage=row.stage))
+        # Straight into the dispatcher's own event queue (the dispatcher may not write
+        # tm.events, decision 0037): the same fold, write, outbox and finished broadcast.
+        await self._publisher.publish("", DISPATCHER_EVENTS_QUEUE, failed.model_dump_json().encode(),
+                                      message_id=failed.event_id)
         metrics.tasks_dead_lettered_total.labels("message_lost").inc()
         logger.bind(task_id=row.id, task_type=row.task_type, stage=row.stage).error(
             "failed a task whose message is gone: {}", reason)
