@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from shared.errors import PoisonMessage
 from shared.messages import Frozen
@@ -25,6 +25,14 @@ class FinishedRuns(Frozen):
     v: Literal[1] = 1
     kind: Literal["finished"] = "finished"
     runs: dict[str, int]
+
+
+class FinishedRunsQuery(Frozen):
+    """A starting worker asks which runs ended recently (answered with `FinishedRuns`)."""
+
+    v: Literal[1] = 1
+    kind: Literal["finished_runs"] = "finished_runs"
+    within_seconds: int = Field(default=24 * 3600, gt=0)
 
 
 def is_finished_broadcast(body: bytes) -> bool:

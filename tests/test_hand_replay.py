@@ -186,6 +186,21 @@ async def test_a_completed_tasks_message_published_by_hand_is_refused_not_run(
         assert after["status"] == "completed" and after["finished_at"] == task["finished_at"]
         assert len(receiver.for_path(path)) == 1
 
+        # A worker started after the run ended learns it from the dispatcher at start-up.
+        first = next(p for p in fleet.processes if p.name.startswith("worker"))
+        first.stop()
+        fleet.processes.remove(first)
+        await fleet.start(fleet.add_worker(name="worker-later"))
+        await broker.publish_copy(kept, "tm.tasks", "default")
+
+        async def refused_again() -> None:
+            _, dlq = await api.call("GET", "/api/v1/dlq")
+            assert dlq["depth"] == 2, dlq
+            assert {i["reason"] for i in dlq["items"]} == {"task already finished; use replay"}
+        await eventually(refused_again)
+        assert (await api.get(task["task_id"]))["finished_at"] == task["finished_at"]
+        assert len(receiver.for_path(path)) == 1
+
 
 def _reconciling(fleet: Fleet) -> None:
     fleet.add_api()

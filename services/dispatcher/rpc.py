@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.dispatcher.hand_replay import claim_hand_replay
 from shared.amqp.publisher import Publisher
 from shared.errors import Unavailable
+from shared.finished_tasks import FinishedRuns, FinishedRunsQuery
 from shared.hand_replay import HandReplayRequest
 from shared.messages import CancelledTasksQuery, CancelledTasksReply
 from shared.runtime import bounded
@@ -24,6 +25,13 @@ _CANCELLED = text("""
 SELECT CAST(id AS text) AS id FROM tasks
 WHERE status = 'cancelled' AND finished_at > now() - make_interval(secs => :within)
 ORDER BY finished_at DESC LIMIT :limit
+""")
+
+# Newest first (ids are time-ordered), so the index on (status, id) serves it.
+_FINISHED = text("""
+SELECT CAST(id AS text) AS id, run FROM tasks
+WHERE status IN ('completed', 'failed') AND finished_at > now() - make_interval(secs => :within)
+ORDER BY id DESC LIMIT :limit
 """)
 
 
@@ -49,6 +57,9 @@ class DispatcherRpc:
                 return
             if b'"hand_replay"' in message.body:
                 await self._answer_hand_replay(message)
+                return
+            if b'"finished_runs"' in message.body:
+                await self._answer_finished_runs(message)
                 return
             try:
                 query = CancelledTasksQuery.model_validate_json(message.body)
@@ -84,3 +95,18 @@ class DispatcherRpc:
                                         reply.model_dump_json().encode())
         except Unavailable:
             logger.warning("could not deliver the hand replay answer for {}", request.task_id)
+
+    async def _answer_finished_runs(self, message: AbstractIncomingMessage) -> None:
+        try:
+            query = FinishedRunsQuery.model_validate_json(message.body)
+            async with self._engine.connect() as conn:
+                rows = await conn.execute(_FINISHED, {"within": query.within_seconds, "limit": MAX_IDS})
+                runs = {r.id: r.run for r in rows}
+        except Exception as exc:  # noqa: BLE001 - the worker starts without it and learns from broadcasts
+            logger.warning("could not answer which runs finished: {}", exc)
+            return
+        try:
+            await self._publisher.reply(message.reply_to or "", message.correlation_id,
+                                        FinishedRuns(runs=runs).model_dump_json().encode())
+        except Unavailable:
+            logger.warning("could not deliver the finished-runs answer")

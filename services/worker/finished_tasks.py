@@ -16,8 +16,9 @@ from collections import OrderedDict
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from loguru import logger
 
-from shared.errors import PoisonMessage
-from shared.finished_tasks import is_finished_broadcast, parse_finished
+from shared.amqp.rpc_client import ask_dispatcher
+from shared.errors import PoisonMessage, Unavailable
+from shared.finished_tasks import FinishedRunsQuery, is_finished_broadcast, parse_finished
 from shared.topology import CONTROL_EXCHANGE, declare_exclusive_queue
 
 
@@ -31,6 +32,20 @@ class FinishedRuns:
         channel = await connection.channel()
         queue = await declare_exclusive_queue(channel, CONTROL_EXCHANGE)
         await queue.consume(self._on_control, no_ack=True)
+
+    async def sync(self, connection: AbstractRobustConnection, *, wait_seconds: float) -> None:
+        """Learn the runs that ended while this worker was not listening (the last
+        24 h, newest first, as many as the dispatcher answers)."""
+        try:
+            answer = await ask_dispatcher(connection, FinishedRunsQuery().model_dump_json().encode(),
+                                          wait_seconds=wait_seconds)
+            finished = parse_finished(answer)
+        except (Unavailable, PoisonMessage) as exc:
+            logger.warning("starting without the recently finished runs ({}); broadcasts still teach them", exc)
+            return
+        for task_id, run in reversed(list(finished.runs.items())):  # oldest first: the newest are kept
+            self.remember(task_id, run)
+        logger.info("{} recently finished run(s) will be refused if they come back", len(finished.runs))
 
     def is_finished(self, task_id: str, run: int) -> bool:
         known = self._runs.get(task_id)

@@ -9,22 +9,19 @@ See docs/decisions/0070-hand-moved-dead-letters.md.
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from loguru import logger
 
 from shared import metrics
 from shared.amqp.dead_letter import dead_letter_headers
 from shared.amqp.publisher import Publisher
-from shared.errors import Unavailable
+from shared.amqp.rpc_client import ask_dispatcher
 from shared.hand_replay import HandReplayReply, HandReplayRequest
 from shared.messages import TaskMessage, TaskQueued
-from shared.topology import DISPATCHER_RPC_QUEUE, stage_queue
+from shared.topology import stage_queue
 
 Step = Callable[[], Awaitable[None]]
 
@@ -61,26 +58,6 @@ class HandReplayGate:
         return [back_to_dead]
 
     async def _ask(self, request: HandReplayRequest) -> HandReplayReply:
-        channel = await self._connection.channel()
-        try:
-            replies = await channel.declare_queue(exclusive=True, auto_delete=True)
-            answer: asyncio.Future[HandReplayReply] = asyncio.get_running_loop().create_future()
-            correlation = uuid.uuid4().hex
-
-            async def on_reply(message: AbstractIncomingMessage) -> None:
-                if message.correlation_id == correlation and not answer.done():
-                    answer.set_result(HandReplayReply.model_validate_json(message.body))
-
-            await replies.consume(on_reply, no_ack=True)
-            await channel.default_exchange.publish(
-                aio_pika.Message(request.model_dump_json().encode(), reply_to=replies.name,
-                                 correlation_id=correlation, content_type="application/json", expiration=10),
-                routing_key=DISPATCHER_RPC_QUEUE,
-            )
-            try:
-                return await asyncio.wait_for(answer, self._answer_seconds)
-            except TimeoutError:
-                raise Unavailable(f"the dispatcher did not answer a hand replay of {request.task_id} "
-                                  f"within {self._answer_seconds:g}s") from None
-        finally:
-            await channel.close()
+        answer = await ask_dispatcher(self._connection, request.model_dump_json().encode(),
+                                      wait_seconds=self._answer_seconds)
+        return HandReplayReply.model_validate_json(answer)

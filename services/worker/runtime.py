@@ -49,9 +49,10 @@ async def run_worker(settings: Settings, stage: str, registry: TaskTypeRegistry 
     cpu = CpuPool(settings.worker.cpu_workers)
     cancellations = CancellationRegistry()
     await cancellations.listen(connection)
-    await cancellations.sync(connection, wait_seconds=CANCEL_SYNC_WAIT_SECONDS)
     finished = FinishedRuns()
     await finished.listen(connection)
+    await asyncio.gather(cancellations.sync(connection, wait_seconds=CANCEL_SYNC_WAIT_SECONDS),
+                         finished.sync(connection, wait_seconds=CANCEL_SYNC_WAIT_SECONDS))
     worker = StageWorker(
         stage=stage,
         handler=handler,
