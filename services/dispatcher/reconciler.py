@@ -81,11 +81,18 @@ class LostMessageReconciler:
             rows = (await conn.execute(_STALE, {"stale": self._stale, "limit": BATCH})).all()
             if not rows:
                 return 0
-            waiting = await self._queue_depths({r.stage for r in rows if r.stage})
-            lost = [r for r in rows if r.stage and waiting.get(r.stage) == 0]
+            # Every stage of the task: after `stage_completed` the row still names the
+            # stage that finished while the message waits in the next one's queue.
+            waiting = await self._queue_depths({s for r in rows for s in self._stages(r)})
+            lost = [r for r in rows if r.stage and all(waiting.get(s) == 0 for s in self._stages(r))]
             for row in lost:
                 await self._fail(row)
             return len(lost)
+
+    def _stages(self, row: Any) -> tuple[str, ...]:
+        if row.task_type in self._registry:
+            return self._registry[row.task_type].stages
+        return (row.stage,) if row.stage else ()
 
     async def _queue_depths(self, stages: set[str]) -> dict[str, int]:
         """Messages ready in each stage queue; a stage with some may still hold the
@@ -107,7 +114,7 @@ class LostMessageReconciler:
         reason = (f"no message for this task in any queue: it was {row.status} for {silent:.0f}s with its stage "
                   f"queue {stage_queue(row.stage)} empty (purged, or the message was lost); "
                   f"run it again with `taskmgr dlq replay {row.id}`")
-        stages = self._registry[row.task_type].stages if row.task_type in self._registry else (row.stage,)
+        stages = self._stages(row)
         message = TaskMessage(task_id=row.id, run=row.run, task_type=row.task_type, kb_id=row.kb_id,
                               payload=row.payload or {}, priority=row.priority, retry_limit=row.retry_limit,
                               timeout_seconds=row.timeout_seconds, created_at=row.created_at, stages=stages,
