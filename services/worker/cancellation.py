@@ -14,6 +14,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from loguru import logger
 
 from shared.errors import PoisonMessage
+from shared.finished_tasks import is_finished_broadcast
 from shared.messages import CancelledTasksQuery, CancelledTasksReply, parse_control
 from shared.topology import CONTROL_EXCHANGE, DISPATCHER_RPC_QUEUE, declare_exclusive_queue
 
@@ -73,6 +74,8 @@ class CancellationRegistry:
             asyncio.get_running_loop().call_later(LATE_ANSWER_SECONDS, lambda: asyncio.ensure_future(channel.close()))
 
     async def _on_control(self, message: AbstractIncomingMessage) -> None:
+        if is_finished_broadcast(message.body):
+            return  # services/worker/finished_tasks.py keeps those
         try:
             command = parse_control(message.body)
         except PoisonMessage as exc:

@@ -33,6 +33,8 @@ from services.worker.attempt import AttemptContext
 from services.worker.cancellation import CancellationRegistry, CancelledByRequest
 from services.worker.cpu import CpuPool
 from services.worker.estimates import DurationEstimator
+from services.worker.finished_tasks import FinishedRuns
+from services.worker.hand_replay import HandReplayGate
 from services.worker.retry_policy import RetryPolicy
 from services.worker.stages.base import StageHandler, StageOutput
 from shared import metrics
@@ -40,6 +42,8 @@ from shared.amqp import headers as h
 from shared.amqp.dead_letter import dead_letter_headers
 from shared.amqp.publisher import Publisher
 from shared.errors import PoisonMessage, TaskError, Unavailable
+from shared.finished_tasks import REFUSAL
+from shared.hand_replay import dead_mark
 from shared.messages import (
     ErrorInfo,
     TaskCancelled,
@@ -94,8 +98,12 @@ class StageWorker:
         worker_id: str,
         cpu: CpuPool,
         files: TaskFiles,
+        hand_replays: HandReplayGate | None = None,
+        finished: FinishedRuns | None = None,
     ) -> None:
         self.stage = stage
+        self._hand_replays = hand_replays
+        self._finished = finished
         self._files = files
         self.worker_id = worker_id
         self.pool_size = worker_settings.worker_pool_size
@@ -202,6 +210,16 @@ class StageWorker:
                 raise PoisonMessage(f"message for stage {task.stage!r} arrived on stage {self.stage!r}")
         except PoisonMessage as exc:
             await self._dead_letter_poison(message, headers, exc.message)
+            return
+        if self._hand_replays is not None and (mark := dead_mark(headers)) is not None:
+            # Back from tm.dead by hand: a new run, or back to tm.dead; never a silent rerun.
+            await self._settle(message, await self._hand_replays.steps_for(message, task, mark, headers))
+            return
+        if self._finished is not None and self._finished.is_finished(task.task_id, task.run):
+            logger.bind(task_id=task.task_id).warning("refusing a copy of a finished run {}: {}", task.run, REFUSAL)
+            refused = dead_letter_headers(REFUSAL, source_queue=stage_queue(self.stage), original=headers,
+                                          stage=self.stage)
+            await self._settle(message, [lambda: self._dead(message.body, refused, "already_finished")])
             return
         attempt = _int(headers.get(h.ATTEMPT), 1)
         with logger.contextualize(
