@@ -468,6 +468,11 @@ class DispatcherSettings(BaseSettings):
     scheduler_poll_seconds: float = Field(default=0.25, alias="SCHEDULER_POLL_SECONDS", gt=0, le=60)
     # A periodic firing older than this when a dispatcher gets to it was missed (catch_up decides).
     schedule_misfire_grace_seconds: float = Field(default=10, alias="SCHEDULE_MISFIRE_GRACE_SECONDS", gt=0)
+    # A queued/processing task silent this long, with its stage queue empty, lost its
+    # message (a purged queue) and is failed into tm.dead; 0 turns the reconciler off.
+    # Keep it above MAX_TASK_TIMEOUT plus the longest retry delay.
+    reconciler_stale_seconds: float = Field(default=3600, alias="RECONCILER_STALE_SECONDS", ge=0)
+    reconciler_interval_seconds: float = Field(default=60, alias="RECONCILER_INTERVAL_SECONDS", gt=0)
 
 
 class EventStreamSettings(BaseSettings):

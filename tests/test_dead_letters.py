@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -13,6 +12,7 @@ import aio_pika
 
 from tests.conftest import FleetFactory
 from tests.support.api import ApiClient
+from tests.support.eventually import eventually
 from tests.support.fleet import Fleet, standard
 
 
@@ -72,11 +72,12 @@ async def test_poison_and_unknown_letters_are_listed_but_not_replayed(fleet_fact
     async with connection:
         channel = await connection.channel()
         await channel.default_exchange.publish(aio_pika.Message(f"garbage {marker}".encode()), "tm.stage.default")
-    for _ in range(100):
+    async def dead_lettered() -> dict:  # type: ignore[type-arg]
         _, listed = await api.call("GET", "/api/v1/dlq")
-        if listed["depth"]:
-            break
-        await asyncio.sleep(0.05)
+        assert listed["depth"], "the garbage message is not in tm.dead yet"
+        return listed  # type: ignore[no-any-return]
+
+    listed = await eventually(dead_lettered, timeout=30)
     [item] = listed["items"]
     assert item["replayable"] is False and marker in item["body_preview"] and "not a valid task message" in item["reason"]
     _, report = await api.call("POST", "/api/v1/dlq/replay", json={"all": True})

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.worker.broken_deliveries import poison_steps, redelivery_steps
+from services.worker.broken_deliveries import finished_copy_steps, poison_steps, redelivery_steps
 from services.worker.outcome_plan import (
     Cancelled,
     DeadLetter,
@@ -23,6 +23,7 @@ from services.worker.outcome_plan import (
 from services.worker.retry_policy import RetryPolicy
 from services.worker.stages.base import StageOutput
 from shared.amqp import headers as h
+from shared.finished_tasks import REFUSAL
 from shared.messages import (
     ErrorInfo,
     TaskCancelled,
@@ -168,3 +169,10 @@ def test_poison_with_an_identity_fails_its_task() -> None:
 def test_poison_without_an_identity_is_only_dead_lettered() -> None:
     [dead] = poison_steps(b"\xff\xfe", {}, "not JSON", stage="default", now=NOW)
     assert isinstance(dead, DeadLetter) and dead.reason == "poison"
+
+
+def test_a_copy_of_a_finished_run_is_refused_to_the_dead_letters() -> None:
+    body = task().model_dump_json().encode()
+    [dead] = finished_copy_steps(body, {h.ATTEMPT: 1}, stage="default")
+    assert isinstance(dead, DeadLetter) and (dead.reason, dead.body, dead.stage) == ("already_finished", body, "default")
+    assert dead.headers[h.DEAD_REASON] == REFUSAL

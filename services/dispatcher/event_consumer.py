@@ -14,6 +14,7 @@ from backoff.types import Details
 from loguru import logger
 
 from services.dispatcher.event_log import EventLog
+from services.dispatcher.finished_broadcast import announce_finished
 from services.dispatcher.state_fold import fold
 from services.dispatcher.state_writer import Ended, TaskStateWriter
 from shared import metrics
@@ -108,6 +109,7 @@ class EventConsumer:
         except Exception as exc:  # noqa: BLE001 - channel lost: the broker redelivers; writes are idempotent
             logger.warning("could not ack {} events ({}); they will be redelivered", len(batch), exc)
         self._record(events, ended)
+        await announce_finished(self._publisher, events, ended)
         if any(e.callback_queued for e in ended):
             self._on_callbacks_queued()
         for task_id, run in stale_cancelled:

@@ -13,6 +13,7 @@ from services.dispatcher.callbacks import CallbackSender
 from services.dispatcher.event_consumer import EventConsumer
 from services.dispatcher.event_log import EventLog
 from services.dispatcher.periodic import ScheduleFiring
+from services.dispatcher.reconciler import LostMessageReconciler
 from services.dispatcher.releases import ReleasePublisher
 from services.dispatcher.rpc import DispatcherRpc
 from services.dispatcher.scheduler import DelayedRelease
@@ -83,12 +84,15 @@ async def run_dispatcher(settings: Settings, registry: TaskTypeRegistry | None =
     periodic = ScheduleFiring(engine, publisher, poll_seconds=settings.dispatcher.scheduler_poll_seconds,
                               grace_seconds=settings.dispatcher.schedule_misfire_grace_seconds)
     periodic.start()
+    reconciler = LostMessageReconciler(engine, connection, publisher, registry, settings.dispatcher)
+    reconciler.start()
     logger.info("dispatcher ready")
     await stop.wait()
 
     logger.info("dispatcher shutting down")
     await delayed.stop()
     await periodic.stop()
+    await reconciler.stop()
     await consumer.stop()
     await rpc.stop()
     await callbacks.stop()

@@ -1,4 +1,5 @@
-"""Deliveries the worker does not run: redelivered after a crash, or poison.
+"""Deliveries the worker does not run: redelivered after a crash, poison, or a
+copy of a run that already finished.
 
 Both are plans, like `outcome_plan.steps_for`: pure functions answering the
 steps to publish before the ack, unit-tested without a broker.
@@ -15,6 +16,7 @@ from services.worker.outcome_plan import DeadLetter, PublishEvent, Republish, St
 from shared.amqp import headers as h
 from shared.amqp.dead_letter import dead_letter_headers
 from shared.errors import PoisonMessage
+from shared.finished_tasks import REFUSAL
 from shared.messages import ErrorInfo, TaskFailed, TaskMessage
 from shared.task_identity import recover_identity
 from shared.topology import stage_queue
@@ -70,3 +72,9 @@ def poison_steps(
             attempt=header_int(headers.get(h.ATTEMPT), 1), finished_at=now, dead_lettered=True,
             error=ErrorInfo(type="poison_message", message=reason[:4000], stage=stage))))
     return steps
+
+
+def finished_copy_steps(body: bytes, headers: Mapping[str, Any], *, stage: str) -> list[Step]:
+    """A copy of a run that already ended (published by hand): refused to tm.dead, never run."""
+    refused = dead_letter_headers(REFUSAL, source_queue=stage_queue(stage), original=headers, stage=stage)
+    return [DeadLetter(body, refused, "already_finished", stage)]

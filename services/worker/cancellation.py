@@ -15,6 +15,7 @@ from loguru import logger
 from shared.amqp.consumer import QueueConsumer
 from shared.amqp.rpc import RpcClient
 from shared.errors import PoisonMessage
+from shared.finished_tasks import is_finished_broadcast
 from shared.messages import CancelledTasksQuery, CancelledTasksReply, parse_control
 from shared.topology import CONTROL_EXCHANGE, DISPATCHER_RPC_QUEUE, declare_exclusive_queue
 
@@ -68,6 +69,8 @@ class CancellationRegistry:
         await client.close()
 
     async def _on_control(self, message: AbstractIncomingMessage) -> None:
+        if is_finished_broadcast(message.body):
+            return  # services/worker/finished_tasks.py keeps those
         try:
             command = parse_control(message.body)
         except PoisonMessage as exc:

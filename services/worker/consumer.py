@@ -4,7 +4,8 @@ For each delivery of `tm.stage.<stage>`:
 
 1. a message redelivered after a crash has its count kept in our header
    (republished); past `MAX_REDELIVERIES` it is dead-lettered, never looped on;
-2. a message that does not parse is dead-lettered with the reason;
+2. a message that does not parse is dead-lettered with the reason; a dead letter
+   moved back by hand becomes a replay; a copy of a finished run is refused;
 3. a task cancelled before delivery is skipped;
 4. the stage runs under the task's timeout, cancellable via tm.control;
 5. its outcome is published (next stage, retry, dead letter, events) with
@@ -22,10 +23,12 @@ from loguru import logger
 from services.worker import outcome_plan as plan
 from services.worker.attempt import AttemptContext
 from services.worker.attempt_runner import observe, run_attempt
-from services.worker.broken_deliveries import poison_steps, redelivery_steps
+from services.worker.broken_deliveries import finished_copy_steps, poison_steps, redelivery_steps
 from services.worker.cancellation import CancellationRegistry
 from services.worker.cpu import CpuPool
 from services.worker.estimates import DurationEstimator
+from services.worker.finished_tasks import FinishedRuns
+from services.worker.hand_replay import HandReplayGate
 from services.worker.in_flight import InFlight
 from services.worker.outcome_plan import Failed, Outcome, Step, Succeeded, steps_for
 from services.worker.retry_policy import RetryPolicy
@@ -35,14 +38,13 @@ from shared.amqp import headers as h
 from shared.amqp.consumer import QueueConsumer, quietly
 from shared.amqp.publisher import Publisher
 from shared.errors import PoisonMessage
+from shared.finished_tasks import REFUSAL
+from shared.hand_replay import dead_mark
 from shared.messages import TaskMessage, utcnow
 from shared.settings import RetrySettings, WorkerSettings
 from shared.task_files import TaskFiles
 from shared.task_limits import OUTCOME_PUBLISH_MAX_SECONDS
 from shared.topology import Topology, declare_queue, stage_queue
-
-# OUTCOME_PUBLISH_MAX_SECONDS: how long a worker keeps retrying the publishes of an
-# outcome while still holding the delivery (shared/task_limits.py ties it to consumer_timeout).
 
 
 class StageWorker:
@@ -59,8 +61,12 @@ class StageWorker:
         worker_id: str,
         cpu: CpuPool,
         files: TaskFiles,
+        hand_replays: HandReplayGate | None = None,
+        finished: FinishedRuns | None = None,
     ) -> None:
         self.stage = stage
+        self._hand_replays = hand_replays
+        self._finished = finished
         self._files = files
         self.worker_id = worker_id
         self.pool_size = worker_settings.worker_pool_size
@@ -132,6 +138,14 @@ class StageWorker:
         except PoisonMessage as exc:
             await self._dead_letter_poison(message, headers, exc.message)
             return
+        if self._hand_replays is not None and (mark := dead_mark(headers)) is not None:
+            # Back from tm.dead by hand: a new run, or back to tm.dead; never a silent rerun.
+            await self._settle(message, await self._hand_replays.steps_for(message, task, mark, headers))
+            return
+        if self._finished is not None and self._finished.is_finished(task.task_id, task.run):
+            logger.bind(task_id=task.task_id).warning("refusing a copy of a finished run {}: {}", task.run, REFUSAL)
+            await self._settle(message, finished_copy_steps(message.body, headers, stage=self.stage))
+            return
         attempt = plan.header_int(headers.get(h.ATTEMPT), 1)
         with logger.contextualize(
             task_id=task.task_id, kb_id=task.kb_id, task_type=task.task_type, stage=self.stage, attempt=attempt
@@ -158,8 +172,6 @@ class StageWorker:
         self.failed += isinstance(outcome, Failed)
         return outcome, ctx
 
-    # --- outcomes ----------------------------------------------------------------------
-
     def _steps_for(
         self, outcome: Outcome, task: TaskMessage, attempt: int, headers: dict[str, Any], ctx: AttemptContext
     ) -> list[Step]:
@@ -174,10 +186,8 @@ class StageWorker:
 
     async def _count_redelivery(self, message: AbstractIncomingMessage, headers: dict[str, Any]) -> bool:
         """Keep the crash count with the message. Answers True when the delivery was handled."""
-        steps = redelivery_steps(
-            message.body, headers, stage=self.stage, max_redeliveries=self._max_redeliveries,
-            priority=message.priority, message_id=message.message_id, now=utcnow(),
-        )
+        steps = redelivery_steps(message.body, headers, stage=self.stage, max_redeliveries=self._max_redeliveries,
+                                 priority=message.priority, message_id=message.message_id, now=utcnow())
         if isinstance(steps[0], plan.DeadLetter):
             logger.error("dead-lettering a message: {}", steps[0].headers[h.DEAD_REASON])
         await self._settle(message, steps)

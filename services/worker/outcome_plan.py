@@ -23,6 +23,7 @@ from shared.messages import (
     TaskCompleted,
     TaskFailed,
     TaskMessage,
+    TaskQueued,
     TaskRetrying,
     TaskStageCompleted,
     utcnow,
@@ -51,7 +52,7 @@ Outcome = Succeeded | Failed | Cancelled
 
 # --- what the worker publishes before the ack ----------------------------------------
 
-Event = TaskCancelled | TaskCompleted | TaskFailed | TaskRetrying | TaskStageCompleted
+Event = TaskCancelled | TaskCompleted | TaskFailed | TaskQueued | TaskRetrying | TaskStageCompleted
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ from loguru import logger
 from services.worker.cancellation import CancellationRegistry
 from services.worker.consumer import StageWorker
 from services.worker.cpu import CpuPool
+from services.worker.finished_tasks import FinishedRuns
+from services.worker.hand_replay import HandReplayGate
 from services.worker.heartbeat import Heartbeat
 from services.worker.retry_policy import RetryPolicy
 from services.worker.stages import StageResources, build_stage
@@ -27,6 +29,9 @@ from shared.topology import Topology, setup_topology
 
 # How long a starting worker waits to learn which tasks were cancelled meanwhile.
 CANCEL_SYNC_WAIT_SECONDS = 2.0
+# How long a worker waits for the dispatcher to claim a hand-moved dead letter's new
+# run (the rpc queue drops questions after 10 s); unanswered, the message is requeued.
+HAND_REPLAY_ANSWER_SECONDS = 10.0
 
 
 async def run_worker(settings: Settings, stage: str, registry: TaskTypeRegistry | None = None) -> None:
@@ -44,7 +49,10 @@ async def run_worker(settings: Settings, stage: str, registry: TaskTypeRegistry 
     cpu = CpuPool(settings.worker.cpu_workers)
     cancellations = CancellationRegistry()
     await cancellations.listen(connection)
-    await cancellations.sync(connection, wait_seconds=CANCEL_SYNC_WAIT_SECONDS)
+    finished = FinishedRuns()
+    await finished.listen(connection)
+    await asyncio.gather(cancellations.sync(connection, wait_seconds=CANCEL_SYNC_WAIT_SECONDS),
+                         finished.sync(connection, wait_seconds=CANCEL_SYNC_WAIT_SECONDS))
     worker = StageWorker(
         stage=stage,
         handler=handler,
@@ -56,6 +64,8 @@ async def run_worker(settings: Settings, stage: str, registry: TaskTypeRegistry 
         worker_id=worker_id,
         cpu=cpu,
         files=TaskFiles.from_settings(settings.files),
+        hand_replays=HandReplayGate(connection, publisher, answer_seconds=HAND_REPLAY_ANSWER_SECONDS),
+        finished=finished,
     )
     heartbeat = Heartbeat(worker, publisher, settings.worker.heartbeat_interval_seconds)
 
