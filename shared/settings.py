@@ -397,6 +397,12 @@ class PipelineSettings(BaseSettings):
     max_document_chars: int = Field(default=100_000_000, alias="MAX_DOCUMENT_CHARS", ge=1000)
     # Intermediate data of tasks that never finished (crashed, cancelled while queued) is dropped after this.
     staging_ttl_hours: float = Field(default=24, alias="PIPELINE_STAGING_TTL_HOURS", gt=0)
+    # OCR of image uploads and of PDF pages without a text layer (docs/ocr-and-legacy-word.md).
+    ocr_enabled: bool = Field(default=True, alias="OCR_ENABLED")
+    ocr_languages: str = Field(default="chi_sim+chi_tra+eng", alias="OCR_LANGUAGES",
+                               pattern=r"^[A-Za-z_]+(\+[A-Za-z_]+)*$")
+    tesseract_cmd: str = Field(default="tesseract", alias="TESSERACT_CMD", min_length=1)
+    antiword_cmd: str = Field(default="antiword", alias="ANTIWORD_CMD", min_length=1)
 
 
 class SearchSettings(BaseSettings):

@@ -69,6 +69,7 @@ class PreprocessStage(PipelineStage):
             path=str(path), name=name, spool_path=str(spool), max_bytes=self.settings.files.max_file_bytes,
             max_chars=self.settings.pipeline.max_document_chars,
             password=payload.password.get_secret_value() if payload.password else None,
+            **_tool_options(self.settings, payload),
         )
         async with self.pool.acquire() as conn:
             await staging.open_run(conn, task.task_id, task.run, kb_id=task.kb_id, document_id=document_id,
@@ -140,6 +141,12 @@ class PreprocessStage(PipelineStage):
             seq += len(blocks)
             blocks.clear()
         return seq
+
+
+def _tool_options(settings: Settings, payload: DocumentProcessingPayload) -> dict[str, object]:
+    pipeline = settings.pipeline
+    return {"ocr_enabled": pipeline.ocr_enabled, "ocr_languages": payload.ocr_languages or pipeline.ocr_languages,
+            "tesseract_cmd": pipeline.tesseract_cmd, "antiword_cmd": pipeline.antiword_cmd}
 
 
 def _result(parse: asyncio.Future[ExtractionSummary]) -> ExtractionSummary:
