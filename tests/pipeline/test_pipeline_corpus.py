@@ -209,3 +209,19 @@ async def test_scans_images_and_word_97_become_searchable(api: ApiClient, db: as
                                ("hipsum", "word97")):
         answer = await search(api, "kb_scans", query, mode="keyword", top_k=3)
         assert answer["results"] and answer["results"][0]["document_id"] == document_id, (query, answer)
+
+
+async def test_a_kb_embedded_with_another_model_refuses_vector_search_clearly(
+        api: ApiClient, db: asyncpg.Connection) -> None:
+    task = await ingest(api, "kb_models", "txt-zh-gb18030.txt")
+    assert task["status"] == "completed", task["error"]
+    # As if the kb had been embedded before the workers switched models.
+    for table in ("kb_documents", "kb_chunks"):
+        await db.execute(f"UPDATE {table} SET embedding_model = 'local:all-MiniLM-L6-v2' WHERE kb_id = 'kb_models'")
+    status, body = await api.call("POST", "/api/v1/kbs/kb_models/search", json={"query": "派森", "mode": "vector"})
+    assert status == 409, body
+    message = body["error"]["message"]
+    assert "local:all-MiniLM-L6-v2" in message and "openai:fake-embed-1" in message and "re-process" in message
+    hybrid = await search(api, "kb_models", "派森")
+    assert hybrid["mode"] == "keyword" and hybrid["embedding_model"] is None
+    assert hybrid["results"] and "keyword results only" in hybrid["warnings"][0]
