@@ -9,8 +9,12 @@ time; tests/pipeline/test_pipeline.py runs the real model."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -225,3 +229,41 @@ async def test_a_kb_embedded_with_another_model_refuses_vector_search_clearly(
     hybrid = await search(api, "kb_models", "派森")
     assert hybrid["mode"] == "keyword" and hybrid["embedding_model"] is None
     assert hybrid["results"] and "keyword results only" in hybrid["warnings"][0]
+
+
+async def test_a_documents_chunks_page_in_order_with_pages_sections_and_ocr(
+        api: ApiClient, pipeline: PipelineFleet) -> None:
+    task = await ingest(api, "kb_chunks_view", "pdf-multipage-dpr-13p.pdf", document_id="dpr")
+    assert task["status"] == "completed", task["error"]
+    seen: list[dict[str, object]] = []
+    cursor = None
+    while True:
+        query = "?limit=7" + (f"&cursor={cursor}" if cursor else "")
+        status, page = await api.call("GET", f"/api/v1/kbs/kb_chunks_view/documents/dpr/chunks{query}")
+        assert status == 200, page
+        seen += page["items"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert [c["chunk_index"] for c in seen] == list(range(task["result"]["chunk_count"])), "every chunk, in order"
+    assert all(c["pages"] and c["ocr"] is False and c["content"] for c in seen)
+    assert seen[0]["pages"] == [1] and 13 in seen[-1]["pages"]  # type: ignore[operator]
+    if shutil.which("tesseract"):
+        scan = await ingest(api, "kb_chunks_view", "pdf-scanned-image-only.pdf", document_id="scan",
+                            ocr_languages="eng")
+        status, page = await api.call("GET", "/api/v1/kbs/kb_chunks_view/documents/scan/chunks")
+        assert status == 200 and scan["status"] == "completed" and page["items"][0]["ocr"] is True
+        assert "ocr_confidence" in page["items"][0]["metadata"]
+    for bad, field in (("?limit=0", "limit"), ("?cursor=abc", "cursor"), ("?cursor=-1", "cursor")):
+        status, body = await api.call("GET", f"/api/v1/kbs/kb_chunks_view/documents/dpr/chunks{bad}")
+        assert status == 422 and body["error"]["details"][0]["field"] == field, body
+    status, _ = await api.call("GET", "/api/v1/kbs/kb_chunks_view/documents/nope/chunks")
+    assert status == 404
+    # The CLI pages the same way.
+    taskmgr = os.path.join(os.path.dirname(sys.executable), "taskmgr")
+    done = await asyncio.to_thread(
+        subprocess.run, [taskmgr, "chunks", "kb_chunks_view", "dpr", "--limit", "2"],
+        env=pipeline.fleet.env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout)
+    assert [c["chunk_index"] for c in printed["items"]] == [0, 1] and printed["next_cursor"] == "1"
