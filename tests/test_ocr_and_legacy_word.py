@@ -132,6 +132,11 @@ def test_corrupt_doc_files_fail_clearly(tmp_path: Path) -> None:
     truncated.write_bytes(data[:3000])
     with pytest.raises(CorruptFile, match="Word 97-2003 document.*damaged or truncated"):
         extract(truncated, tmp_path)
+
+
+@needs_antiword
+def test_a_doc_whose_word_stream_is_garbage_fails_clearly(tmp_path: Path) -> None:
+    data = (DATA / "word97-hipster.doc").read_bytes()
     # A sound container whose WordDocument stream is garbage: antiword refuses it.
     broken = bytearray(data)
     broken[512:1536] = bytes(1024)  # the sector holding the stream's header (FIB)
