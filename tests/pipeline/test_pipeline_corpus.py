@@ -267,3 +267,35 @@ async def test_a_documents_chunks_page_in_order_with_pages_sections_and_ocr(
     assert done.returncode == 0, done.stderr
     printed = json.loads(done.stdout)
     assert [c["chunk_index"] for c in printed["items"]] == [0, 1] and printed["next_cursor"] == "1"
+
+
+async def test_reprocessing_a_document_with_new_parameters(api: ApiClient, db: asyncpg.Connection,
+                                                            pipeline: PipelineFleet) -> None:
+    first = await ingest(api, "kb_reprocess", "md-pypdf-extract-text.md", document_id="guide", title="Guide")
+    assert first["status"] == "completed", first["error"]
+    path = "/api/v1/kbs/kb_reprocess/documents/guide/reprocess"
+    status, created = await api.call("POST", path, json={"payload": {"chunk_size": 3000, "chunk_overlap": 100}})
+    assert status == 202, created
+    again = await api.wait_for(created["task_id"], timeout=120)
+    assert again["status"] == "completed", again["error"]
+    assert again["result"]["document_id"] == "guide"
+    assert again["result"]["replaced_chunks"] == first["result"]["chunk_count"]
+    assert again["result"]["chunk_count"] < first["result"]["chunk_count"], "bigger chunks, fewer of them"
+    stored = await db.fetchval("SELECT payload FROM tasks WHERE id = $1", created["task_id"])
+    payload = json.loads(stored)
+    assert payload["file_path"] == "md-pypdf-extract-text.md" and payload["title"] == "Guide", "the rest is kept"
+    assert payload["chunk_size"] == 3000
+    for body, field in (({"payload": {"file_path": "other.md"}}, "payload.file_path"),
+                        ({"payload": {"chunk_size": 5}}, "payload.chunk_size"), ({"extra": 1}, "extra")):
+        status, answer = await api.call("POST", path, json=body)
+        assert status == 422 and answer["error"]["details"][0]["field"] == field, answer
+    status, _ = await api.call("POST", "/api/v1/kbs/kb_reprocess/documents/nope/reprocess", json={})
+    assert status == 404
+    taskmgr = os.path.join(os.path.dirname(sys.executable), "taskmgr")
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [taskmgr, "reprocess", "kb_reprocess", "guide", "--payload", '{"chunk_size": 1000, "chunk_overlap": 200}',
+         "--wait"],
+        env=pipeline.fleet.env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["result"]["chunk_count"] == first["result"]["chunk_count"]
