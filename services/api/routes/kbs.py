@@ -20,7 +20,7 @@ from services.api.search import QueryVector, knowledge_base_models, search_chunk
 from services.api.views import task_created_view
 from shared import metrics
 from shared.embedding_rpc import MAX_QUERY_CHARS
-from shared.errors import FieldError, InvalidRequest, NotFound, Unavailable
+from shared.errors import Conflict, FieldError, InvalidRequest, NotFound, Unavailable
 from shared.task_request import KB_ID_PATTERN, validate_task_request
 from shared.task_types.document_processing import DOCUMENT_ID_PATTERN
 
@@ -51,7 +51,7 @@ class SearchRequest(BaseModel):
 @documented(Operation(summary="Search a knowledge base", tag="knowledge bases", path=_KB_PATH, body=SearchRequest,
                       description="Hybrid (vector + keyword, fused by rank), vector or keyword search over the "
                                   "chunks of the knowledge base's documents.",
-                      errors=(503,), responses={200: (SearchAnswer, "The best chunks, best first.")}))
+                      errors=(409, 503), responses={200: (SearchAnswer, "The best chunks, best first.")}))
 async def search(request: web.Request) -> web.Response:
     started = time.perf_counter()
     app = request.app
@@ -69,8 +69,13 @@ async def search(request: web.Request) -> web.Response:
             assert reply.model is not None and reply.dimension is not None
             vector = QueryVector(reply.model, reply.dimension, "[" + ",".join(map(repr, reply.vectors[0])) + "]")
             if reply.model not in models:
-                warnings.append(f"the documents were embedded with {', '.join(models)} but the embedding workers "
-                                f"now run {reply.model}; re-process the documents for vector search")
+                # Vectors of different models are not comparable: never rank one against the other.
+                mismatch = (f"the documents of {kb_id!r} were embedded with {', '.join(models)} but the embedding "
+                            f"workers now run {reply.model}; re-process the documents for vector search")
+                if mode == "vector":
+                    raise Conflict(mismatch + " (or search with mode 'keyword')")
+                warnings.append(mismatch + "; keyword results only")
+                vector, mode = None, "keyword"
         except Unavailable as exc:
             if mode == "vector":
                 raise

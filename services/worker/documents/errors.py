@@ -39,3 +39,9 @@ class ContentMismatch(DocumentError):
 
 class DocumentTooLarge(DocumentError):
     code = "document_too_large"
+
+
+class MissingTool(DocumentError):
+    """A system tool this format needs (antiword, tesseract) is not installed on the worker."""
+
+    code = "missing_tool"

@@ -17,7 +17,13 @@ from typing import IO, Any
 
 from services.worker.documents import sniff
 from services.worker.documents.blocks import Block, DocumentInfo, SpoolWriter
-from services.worker.documents.errors import CorruptFile, DocumentError, EmptyDocument, NoTextLayer
+from services.worker.documents.errors import (
+    CorruptFile,
+    DocumentError,
+    EmptyDocument,
+    NoTextLayer,
+    UnsupportedFormat,
+)
 from shared.file_access import open_checked
 
 
@@ -29,6 +35,10 @@ class ExtractionJob:
     max_bytes: int
     max_chars: int
     password: str | None = field(default=None, repr=False)
+    ocr_enabled: bool = True
+    ocr_languages: str = "chi_sim+chi_tra+eng"
+    tesseract_cmd: str = "tesseract"
+    antiword_cmd: str = "antiword"
 
 
 @dataclass(frozen=True)
@@ -69,7 +79,7 @@ def extract_document(job: ExtractionJob) -> ExtractionSummary:
                 ) from None
             spool.flush()
     if out.characters == 0:
-        raise _no_text(content_type, info)
+        raise _no_text(content_type, info, job)
     return ExtractionSummary(
         content_type=content_type, file_bytes=size, sha256=digest, characters=out.characters, blocks=out.blocks,
         title=info.title, pages=info.pages, metadata=info.metadata, warnings=info.warnings,
@@ -84,15 +94,20 @@ def _parser(content_type: str, handle: IO[bytes], info: DocumentInfo, job: Extra
         epub,
         html,
         jsondoc,
+        legacy_doc,
         markdown,
+        ocr,
         pdf,
         pptx,
         spreadsheet,
         text,
     )
 
+    work_dir = str(Path(job.spool_path).parent)  # the stage's private spool directory
+    options = ocr.OcrOptions(job.tesseract_cmd, job.ocr_languages, work_dir) if job.ocr_enabled else None
+
     parsers: dict[str, Callable[[], Iterable[Block | tuple[int, int]]]] = {
-        sniff.PDF: lambda: pdf.parse_pdf(handle, info, job.password),
+        sniff.PDF: lambda: pdf.parse_pdf(handle, info, job.password, options),
         sniff.DOCX: lambda: docx.parse_docx(handle, info),
         sniff.PPTX: lambda: pptx.parse_pptx(handle, info),
         sniff.XLSX: lambda: spreadsheet.parse_xlsx(handle, info, size),
@@ -102,16 +117,30 @@ def _parser(content_type: str, handle: IO[bytes], info: DocumentInfo, job: Extra
         sniff.HTML: lambda: html.parse_html(handle, info),
         sniff.CSV: lambda: delimited.parse_csv(handle, info, job.name),
         sniff.JSON: lambda: jsondoc.parse_json(handle, info),
+        sniff.DOC: lambda: legacy_doc.parse_doc(handle, info, command=job.antiword_cmd, work_dir=work_dir),
+        sniff.IMAGE: lambda: ocr.parse_image(handle, info, _required(options)),
     }
     return parsers[content_type]()
 
 
-def _no_text(content_type: str, info: DocumentInfo) -> DocumentError:
+def _required(options: Any) -> Any:
+    if options is None:
+        raise UnsupportedFormat("the file is an image, and OCR is turned off on this worker (OCR_ENABLED=false)")
+    return options
+
+
+def _no_text(content_type: str, info: DocumentInfo, job: ExtractionJob) -> DocumentError:
     if content_type == sniff.PDF:
         pages = f"{info.pages} page(s)" if info.pages else "pages"
+        if job.ocr_enabled:
+            return NoTextLayer(f"the PDF has {pages} but no text layer, and OCR ({job.ocr_languages}) "
+                               "found no text in its images")
         return NoTextLayer(
-            f"the PDF has {pages} but no text layer (a scanned or image-only document); OCR is not supported"
+            f"the PDF has {pages} but no text layer (a scanned or image-only document); OCR is turned off "
+            "on this worker (OCR_ENABLED=false)"
         )
+    if content_type == sniff.IMAGE:
+        return EmptyDocument(f"OCR ({job.ocr_languages}) found no text in the image")
     return EmptyDocument(f"the {sniff.describe(content_type)} contains no text")
 
 

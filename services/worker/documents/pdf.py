@@ -15,6 +15,7 @@ from typing import IO
 
 from services.worker.documents.blocks import Block, DocumentInfo
 from services.worker.documents.errors import CorruptFile, PasswordRequired
+from services.worker.documents.ocr import OcrOptions, ocr_pdf_page
 from services.worker.documents.text import is_cjk
 
 _LIGATURES = str.maketrans({"\ufb00": "ff", "\ufb01": "fi", "\ufb02": "fl", "\ufb03": "ffi", "\ufb04": "ffl",
@@ -23,8 +24,10 @@ _SENTENCE_END = tuple(".!?。！？；:：")
 _LIST_ITEM = re.compile(r"^(?:[•◦▪‣·\-–—*]|\(?\d{1,3}[.)]|\(?[a-zA-Z][.)])\s")
 
 
-def parse_pdf(handle: IO[bytes], info: DocumentInfo, password: str | None) -> Iterator[Block | tuple[int, int]]:
-    """Blocks per page; yields `(page, pages)` after each page for progress."""
+def parse_pdf(handle: IO[bytes], info: DocumentInfo, password: str | None,
+              ocr: OcrOptions | None = None) -> Iterator[Block | tuple[int, int]]:
+    """Blocks per page; yields `(page, pages)` after each page for progress.
+    A page without a text layer goes through OCR when `ocr` is given."""
     from pypdf import PdfReader
     from pypdf.errors import DependencyError, PdfReadError, PdfStreamError
 
@@ -42,7 +45,7 @@ def parse_pdf(handle: IO[bytes], info: DocumentInfo, password: str | None) -> It
         raise CorruptFile(f"the PDF uses an encryption this installation cannot open ({_short(exc)})") from None
     _read_metadata(reader, info)
 
-    empty_pages = []
+    empty_pages, ocr_pages = [], []
     for number, page in enumerate(pages, start=1):
         try:
             text = page.extract_text() or ""
@@ -50,11 +53,20 @@ def parse_pdf(handle: IO[bytes], info: DocumentInfo, password: str | None) -> It
             info.warn(f"page {number} could not be read ({_short(exc)})")
             text = ""
         paragraphs = reflow(text.translate(_LIGATURES))
-        if not paragraphs:
-            empty_pages.append(number)
         for paragraph in paragraphs:
             yield Block(paragraph, page=number)
+        if not paragraphs and ocr is not None:
+            scanned = ocr_pdf_page(page, number, ocr)  # only pages without a text layer
+            if scanned:
+                ocr_pages.append(number)
+            yield from scanned
+            paragraphs = [b.text for b in scanned]
+        if not paragraphs:
+            empty_pages.append(number)
         yield (number, len(pages))
+    if ocr_pages:
+        info.metadata["ocr_pages"] = _ranges(ocr_pages)
+        info.metadata["ocr_languages"] = ocr.languages if ocr else None
     if empty_pages and len(empty_pages) < len(pages):
         info.warn(f"{len(empty_pages)} page(s) without text: {_ranges(empty_pages)}")
 

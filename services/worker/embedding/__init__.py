@@ -15,6 +15,10 @@ def create_embedder(settings: EmbeddingSettings) -> Embedder:
         from services.worker.embedding.openai import OpenAICompatibleEmbedder
 
         return OpenAICompatibleEmbedder(settings)
+    from services.worker.embedding.packaged import PackagedEmbedder, is_packaged
+
+    if is_packaged(settings.model):  # numpy models from a wheel, no torch
+        return PackagedEmbedder(settings)
     from services.worker.embedding.local import LocalEmbedder
 
     return LocalEmbedder(settings)

@@ -44,7 +44,9 @@ class EmbedRpcServer:
     async def _answer(self, message: AbstractIncomingMessage) -> bytes:
         try:
             request = EmbedRequest.parse(message.body)
-            batch = await self._embedder.embed(request.texts)
+            # An asymmetric model (e5) embeds a search query unlike a passage.
+            embed = getattr(self._embedder, "embed_queries", self._embedder.embed)
+            batch = await embed(request.texts)
             reply = EmbedReply(ok=True, backend=self._embedder.backend, model=self._embedder.cache_key,
                                dimension=len(batch.vectors[0]), vectors=batch.vectors)
             metrics.embedding_texts_total.labels(self._embedder.backend, self._embedder.model, "query").inc(

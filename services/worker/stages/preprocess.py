@@ -69,6 +69,9 @@ class PreprocessStage(PipelineStage):
             path=str(path), name=name, spool_path=str(spool), max_bytes=self.settings.files.max_file_bytes,
             max_chars=self.settings.pipeline.max_document_chars,
             password=payload.password.get_secret_value() if payload.password else None,
+            ocr_enabled=self.settings.pipeline.ocr_enabled,
+            ocr_languages=payload.ocr_languages or self.settings.pipeline.ocr_languages,
+            tesseract_cmd=self.settings.pipeline.tesseract_cmd, antiword_cmd=self.settings.pipeline.antiword_cmd,
         )
         async with self.pool.acquire() as conn:
             await staging.open_run(conn, task.task_id, task.run, kb_id=task.kb_id, document_id=document_id,
