@@ -69,7 +69,10 @@ def _dangling_files(doc: Path) -> list[str]:
         if not _repository_path(token):
             continue
         base = doc.parent if token.startswith("../") else ROOT
-        if not (base / token).exists():
+        target = (base / token).resolve()
+        if not target.is_relative_to(ROOT):
+            continue  # beside the repository (../shared/corpus): not ours to check
+        if not target.exists():
             found.append(f"`{token}` (no such file)")
     return found
 
