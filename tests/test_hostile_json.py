@@ -13,6 +13,7 @@ from typing import Any
 import aio_pika
 import orjson
 import pytest
+import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, model_validator
@@ -37,7 +38,7 @@ from shared.task_request import BatchItem, RequestLimits, ValidTask, validate_ta
 from shared.task_types import TaskType, TaskTypeRegistry, default_registry
 from shared.topology import DEAD_QUEUE, SUBMIT_QUEUE, Topology, setup_topology
 from tests.support.api import ApiClient
-from tests.support.environment import TestEnvironment
+from tests.support.environment import TestEnvironment, create_environment, destroy_environment
 
 REGISTRY = default_registry(demo=True)
 LIMITS = RequestLimits(default_retry_limit=3, max_retry_limit=10)
@@ -157,8 +158,18 @@ def test_a_task_message_nested_past_pydantics_limit_is_poison() -> None:
 # --- group commit isolates a bad row -------------------------------------------------
 
 
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def private_environment() -> AsyncIterator[TestEnvironment]:
+    """This module's own vhost and database. In the session's, the shared fleet's api also
+    consumes tm.submit and would answer these messages itself (with its own registry)."""
+    env = await create_environment("hj")
+    yield env
+    await destroy_environment(env)
+
+
 @pytest.fixture
-async def admission(environment: TestEnvironment) -> AsyncIterator[Admission]:
+async def admission(private_environment: TestEnvironment) -> AsyncIterator[Admission]:
+    environment = private_environment
     engine = create_engine(environment.postgres, database=environment.database, pool_size=2)
     connection = await aio_pika.connect_robust(environment.amqp_url)
     await setup_topology(connection, Topology(REGISTRY.stages()))
@@ -210,8 +221,9 @@ class _Explosive(BaseModel):
 
 
 async def test_tm_submit_dead_letters_and_answers_a_message_whose_validation_raises(
-    environment: TestEnvironment, admission: Admission
+    private_environment: TestEnvironment, admission: Admission
 ) -> None:
+    environment = private_environment
     registry = TaskTypeRegistry([*default_registry(demo=True).values(),
                                  TaskType("explosive", _Explosive, "raises in validation", stages=("other",))])
     engine = create_engine(environment.postgres, database=environment.database, pool_size=1)
