@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 from loguru import logger
 from sqlalchemy import insert, text
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.api import dependencies
@@ -20,14 +19,13 @@ from services.api.admission import first_stage_message, task_row
 from services.api.workflow_request import WorkflowPlan
 from shared import metrics
 from shared.amqp.publisher import Publisher
+from shared.db.errors import DB_ERRORS
 from shared.db.models import workflow_tasks
 from shared.errors import TaskManagerError, Unavailable
 from shared.ids import new_task_id
 from shared.messages import CancelTask, TaskCancelled, utcnow
 from shared.status import TaskStatus
 from shared.task_request import ValidTask
-
-_DB_ERRORS = (DBAPIError, InterfaceError, OperationalError, OSError, ConnectionError)
 
 
 @dataclass(frozen=True)
@@ -98,7 +96,7 @@ async def admit_workflow(
                                else Unavailable("the broker did not accept the workflow's first tasks"))
     except _Refused as exc:
         raise exc.error from None
-    except _DB_ERRORS as exc:
+    except DB_ERRORS as exc:
         logger.warning("workflow admission failed: database unavailable ({})", type(exc).__name__)
         raise Unavailable("the task database is unavailable; retry shortly") from None
     for valid in tasks:

@@ -18,17 +18,16 @@ import orjson
 from loguru import logger
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import metrics
 from shared.amqp.publisher import Publisher
+from shared.db.errors import DB_ERRORS
 from shared.messages import TaskMessage
 from shared.runtime import stop_task
 
 IDLE_POLL_SECONDS = 1.0
 CLAIM_LIMIT = 500
-_DB_ERRORS = (DBAPIError, InterfaceError, OperationalError, OSError, ConnectionError)
 
 _CLAIM = text("""
 WITH due AS (
@@ -74,7 +73,7 @@ class ReleasePublisher:
                 if not published:
                     async with self._engine.connect() as conn:
                         metrics.tasks_waiting_count.set((await conn.execute(_WAITING)).scalar_one())
-            except _DB_ERRORS as exc:
+            except DB_ERRORS as exc:
                 logger.warning("release outbox unavailable ({}); retrying", type(exc).__name__)
             if not published:
                 self._wakeup.clear()

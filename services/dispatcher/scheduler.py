@@ -15,11 +15,11 @@ import contextlib
 
 from loguru import logger
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import metrics
 from shared.amqp.publisher import Publisher
+from shared.db.errors import DB_ERRORS
 from shared.messages import TaskMessage
 
 # Rows per pass: a backlog of due tasks is drained in passes that follow each other at once.
@@ -41,7 +41,6 @@ WHERE id = ANY(CAST(:ids AS uuid[])) AND status = 'scheduled'
 
 _FORGET = text("DELETE FROM delayed_tasks WHERE task_id = ANY(CAST(:ids AS uuid[]))")
 
-_DB_ERRORS = (DBAPIError, InterfaceError, OperationalError, OSError, ConnectionError)
 
 
 class PollingLoop:
@@ -72,7 +71,7 @@ class PollingLoop:
         while not self._stop.is_set():
             try:
                 more = await self.run_pass()
-            except _DB_ERRORS as exc:
+            except DB_ERRORS as exc:
                 logger.warning("{} failed: database unavailable ({})", self.name, type(exc).__name__)
                 more = False
             except Exception:  # noqa: BLE001 - a broker hiccup must not end the loop; rows stay for the next pass
