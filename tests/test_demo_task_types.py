@@ -14,7 +14,7 @@ from tests.support.api import ApiClient
 from tests.support.fleet import Fleet
 
 DEMO = {"test", "echo", "sleep", "fail", "benchmark", "cpu"}
-PRODUCT = {"file_digest", "document_processing", "document_deletion"}
+PRODUCT = {"file_digest", "document_processing", "document_deletion", "gather"}
 
 
 @pytest.mark.parametrize(("env", "enabled"), [

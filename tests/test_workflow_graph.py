@@ -16,7 +16,7 @@ LIMITS = RequestLimits(default_retry_limit=3, max_retry_limit=10)
 
 
 def _validate(tasks: list[dict[str, Any]]) -> WorkflowPlan:
-    return validate_workflow({"tasks": tasks}, default_registry(), LIMITS)
+    return validate_workflow({"tasks": tasks}, default_registry(demo=True), LIMITS)
 
 
 def _problems(tasks: list[dict[str, Any]]) -> dict[str, str]:
@@ -60,10 +60,10 @@ def test_every_problem_is_listed_at_once() -> None:
 
 def test_the_envelope_is_checked() -> None:
     with pytest.raises(InvalidRequest):
-        validate_workflow([], default_registry(), LIMITS)
+        validate_workflow([], default_registry(demo=True), LIMITS)
     with pytest.raises(InvalidRequest) as caught:
         validate_workflow({"tasks": [{"ref": "a", "task_type": "echo"}], "extra": 1, "callback_url": "ftp://x"},
-                          default_registry(), LIMITS)
+                          default_registry(demo=True), LIMITS)
     assert {e["field"] for e in caught.value.errors or []} == {"extra", "callback_url"}
     with pytest.raises(InvalidRequest):
-        validate_workflow({"tasks": []}, default_registry(), LIMITS)
+        validate_workflow({"tasks": []}, default_registry(demo=True), LIMITS)

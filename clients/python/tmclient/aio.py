@@ -47,6 +47,10 @@ class Progress:
 ProgressCallback = Callable[[Progress], Any]
 
 
+# While following the stream, the task's status is also read this often (a safety net).
+STREAM_CHECK_SECONDS = 5.0
+
+
 class AsyncClient:
     """`async with AsyncClient(url, api_key=...) as tm: await tm.submit("echo", {...})`.
 
@@ -208,6 +212,22 @@ class AsyncClient:
             raise WaitTimeout(f"task {task_id} did not finish within {timeout}s") from None
 
     async def _wait_on_events(self, task: Task, on_progress: ProgressCallback | None) -> Task:
+        """The stream, with a slow status check beside it: an end the stream does not
+        deliver (a reconnect gap, a proxy that buffers) is still seen within
+        `STREAM_CHECK_SECONDS`."""
+        follow = asyncio.ensure_future(self._follow_events(task, on_progress))
+        check = asyncio.ensure_future(self._poll(task.task_id, None, STREAM_CHECK_SECONDS))
+        try:
+            done, _ = await asyncio.wait({follow, check}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pending in (follow, check):
+                pending.cancel()
+            await asyncio.gather(follow, check, return_exceptions=True)
+        final = done.pop().result()
+        _report(on_progress, final)
+        return final
+
+    async def _follow_events(self, task: Task, on_progress: ProgressCallback | None) -> Task:
         async for event in self.events(task_id=task.task_id, last_event_id="0"):
             data = event.data
             if event.event == "stream.reset":
@@ -220,7 +240,6 @@ class AsyncClient:
             elif event.kind in TERMINAL:
                 final = await self.get(task.task_id)
                 if final.finished:
-                    _report(on_progress, final)
                     return final
         raise ApiError(0, "stream_ended", "the event stream ended")  # pragma: no cover - events() reconnects
 

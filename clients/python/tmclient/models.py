@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-TaskStatus = Literal["queued", "processing", "completed", "failed", "cancelled"]
+TaskStatus = Literal["waiting", "scheduled", "queued", "processing", "completed", "failed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 
@@ -39,6 +39,8 @@ class TaskCreated(Model):
     task_id: str
     status: TaskStatus
     created_at: datetime
+    run_at: datetime | None = None  # a delayed (`scheduled`) task's due time
+    created: bool | None = None  # False: an Idempotency-Key or unique_key returned an earlier task
 
 
 class CallbackState(Model):
@@ -67,6 +69,7 @@ class Task(Model):
     next_attempt_at: datetime | None
     result: Any = None
     error: dict[str, Any] | None
+    run_at: datetime | None = None  # a delayed task's due time
     callback: CallbackState | None = None
     cancel_requested: bool | None = None
 
