@@ -204,6 +204,9 @@ class Admission:
         """Decide, for each inserted row, what is not published now (decision 0090): a
         duplicate of a unique key answers its holder (and is deleted), a delayed task waits."""
         duplicates, delayed = [], []
+        await scheduling.lock_unique_keys(conn, [
+            (str(row["created_by"]), items[i][0].request.unique_key)  # type: ignore[misc]
+            for i, row in enumerate(rows) if row["id"] in inserted and items[i][0].request.unique_key is not None])
         for i, row in enumerate(rows):
             if row["id"] not in inserted:
                 continue

@@ -38,6 +38,11 @@ SELECT t.* FROM unique_keys u JOIN tasks t ON t.id = u.task_id
 WHERE u.owner = :owner AND u.unique_key = :unique_key
 """)
 
+# Serialises claims of one key across transactions. Without it, a claim that waited for
+# another transaction's insert re-checks the holder with its statement's older snapshot,
+# in which the holder's task does not exist yet, and takes the key over (two tasks).
+_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:owner || chr(1) || :unique_key, 0))")
+
 _RELEASE = text("DELETE FROM unique_keys WHERE task_id = ANY(CAST(:ids AS uuid[]))")
 
 
@@ -47,6 +52,13 @@ async def insert_delayed(conn: AsyncConnection, delayed: Sequence[tuple[str, dat
         rows = [{"task_id": task_id, "due_at": due_at.isoformat(), "message": message.model_dump(mode="json")}
                 for task_id, due_at, message in delayed]
         await conn.execute(_INSERT_DELAYED, {"rows": rows})
+
+
+async def lock_unique_keys(conn: AsyncConnection, keys: Sequence[tuple[str, str]]) -> None:
+    """Hold (owner, key) locks until the transaction ends, taken in one order so two
+    batches sharing keys cannot deadlock; then each claim below sees committed holders."""
+    for owner, unique_key in sorted(set(keys)):
+        await conn.execute(_LOCK, {"owner": owner, "unique_key": unique_key})
 
 
 async def claim_unique_key(
