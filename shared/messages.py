@@ -2,7 +2,9 @@
 
 - `TaskMessage` travels through stage queues (`tm.tasks`, `tm.retry`, `tm.dead`).
 - `TaskEvent` (a union discriminated by `kind`) travels on `tm.events`; each
-  event owns its routing key.
+  event owns its routing key. Events of one kind that a worker finishes at the
+  same moment travel together as one `TaskEventBatch` (v2) under that kind's
+  routing key (decision 0180); `parse_task_events` reads either.
 - `ControlMessage` is broadcast on `tm.control` to every worker.
 
 Messages carry references, never blobs: stage outputs live in storage and the
@@ -14,7 +16,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError
 
 from shared.errors import PoisonMessage
 from shared.ids import new_event_id
@@ -216,11 +218,46 @@ EVENT_STATUS: dict[str, TaskStatus] = {
 }
 
 
+class TaskEventBatch(Frozen):
+    """Several events of one kind in one message, under that kind's routing key
+    (`task.completed` carries completions, one by one or in a batch)."""
+
+    v: Literal[2] = 2
+    kind: Literal["batch"] = "batch"
+    events: list[TaskEvent] = Field(min_length=1)
+
+
+# Version 1 is one event, version 2 a batch: one parse reads both (a rolling
+# upgrade has old and new workers publishing side by side).
+def _version(value: Any) -> str:
+    v = value.get("v", 1) if isinstance(value, dict) else getattr(value, "v", 1)
+    # No "v" at all is an event (v1's default); an unknown version is named in the error.
+    return {1: "event", 2: "batch"}.get(v, f"version {v!r}") if isinstance(v, int) else f"version {v!r}"
+
+
+_TASK_EVENTS = TypeAdapter(Annotated[
+    Annotated[TaskEvent, Tag("event")] | Annotated[TaskEventBatch, Tag("batch")], Discriminator(_version)])
+
+
 def parse_task_event(body: bytes) -> TaskEvent:
     try:
         return _TASK_EVENT.validate_json(body)
     except _UNPARSABLE as exc:
         raise PoisonMessage(f"not a valid task event: {_first_error(exc)}") from exc
+
+
+def parse_task_events(body: bytes) -> list[TaskEvent]:
+    """The events of one `tm.events` message: a single event (v1) or a batch (v2)."""
+    try:
+        parsed = _TASK_EVENTS.validate_json(body)
+    except _UNPARSABLE as exc:
+        raise PoisonMessage(f"not a valid task event: {_first_error(exc)}") from exc
+    return parsed.events if isinstance(parsed, TaskEventBatch) else [parsed]
+
+
+def task_event_batch_body(bodies: list[bytes]) -> bytes:
+    """The v2 body for events already serialised one by one (cheaper than a model)."""
+    return b'{"v":2,"kind":"batch","events":[' + b",".join(bodies) + b"]}"
 
 
 def parse_heartbeat(body: bytes) -> WorkerHeartbeat:

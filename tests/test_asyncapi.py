@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import orjson
 from referencing import Registry, Resource
 
-from shared.messages import TaskCompleted, TaskProgress
+from shared.messages import TaskCompleted, TaskProgress, parse_task_events, task_event_batch_body
 from tests.support.api import ApiClient
 
 SPEC_SCHEMA = json.loads((Path(__file__).parent / "asyncapi" / "asyncapi-3.0.0.schema.json").read_text())
@@ -58,5 +59,10 @@ async def test_real_messages_validate_against_their_payloads(api: ApiClient) -> 
     _payload_validator(doc, "taskProgress").validate(progress)
     request = {"task_type": "echo", "kb_id": "kb_1", "payload": {"x": 1}, "priority": "high"}
     _payload_validator(doc, "taskRequest").validate(request)
+    batch = orjson.loads(task_event_batch_body([completed.model_dump_json().encode()] * 2))
+    _payload_validator(doc, "taskCompletedBatch").validate(batch)
+    assert len(parse_task_events(orjson.dumps(batch))) == 2
+    assert not _payload_validator(doc, "taskCompletedBatch").is_valid({**batch, "events": [progress]}), \
+        "a batch carries events of its channel's kind"
     wrong = _payload_validator(doc, "taskProgress")
     assert not wrong.is_valid({**progress, "progress": 101}), "the schema carries the model's bounds"

@@ -16,7 +16,7 @@ from sqlalchemy import text
 from services.dispatcher.state_fold import fold
 from services.dispatcher.state_writer import TaskStateWriter
 from shared.db.engine import create_engine
-from shared.messages import parse_task_event
+from shared.messages import parse_task_events
 from shared.security.api_keys import Scope
 from shared.topology import DISPATCHER_EVENTS_QUEUE
 from tests.conftest import FleetFactory
@@ -229,7 +229,7 @@ async def test_a_release_committed_by_a_dispatcher_that_died_before_publishing_i
             messages = []
             while (message := await queue.get(fail=False, no_ack=False)) is not None:
                 messages.append(message)
-            events = [parse_task_event(m.body) for m in messages]
+            events = [e for m in messages for e in parse_task_events(m.body)]
             assert any(e.task_id == parent["task_id"] and e.kind == "completed" for e in events)
             await TaskStateWriter(engine, default_callback_url=None).apply(fold(events))
             for message in messages:

@@ -13,6 +13,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
+from shared.messages import parse_task_events
 from tests.conftest import CALLBACK_SECRET, FleetFactory
 from tests.support.api import ApiClient
 from tests.support.callback_receiver import CallbackReceiver
@@ -57,7 +58,7 @@ class Broker:
 
     async def events_of(self, task_id: str) -> list[tuple[str, int]]:
         while (message := await self.events.get(no_ack=True, fail=False)) is not None:
-            self.seen.append(json.loads(message.body))
+            self.seen.extend(e.model_dump() for e in parse_task_events(message.body))
         return [(e["kind"], e["run"]) for e in self.seen if e.get("task_id") == task_id]
 
 

@@ -54,6 +54,15 @@ def _schema(model: type[BaseModel], schemas: dict[str, Any]) -> dict[str, Any]:
     return {"$ref": REF.format(model=model.__name__)}
 
 
+def _batch_schema(event_name: str, event: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:
+    """A `TaskEventBatch` of one event kind (its items are that kind's events); a $ref to it."""
+    schemas[f"{event_name}Batch"] = {
+        "type": "object", "required": ["v", "kind", "events"], "additionalProperties": False,
+        "properties": {"v": {"const": 2}, "kind": {"const": "batch"},
+                       "events": {"type": "array", "minItems": 1, "items": event}}}
+    return {"$ref": REF.format(model=f"{event_name}Batch")}
+
+
 def _exchange(name: str, kind: str, vhost: str) -> dict[str, Any]:
     return {"amqp": {"is": "routingKey", "bindingVersion": "0.3.0",
                      "exchange": {"name": name, "type": kind, "durable": True, "autoDelete": False, "vhost": vhost}}}
@@ -103,10 +112,16 @@ def build_asyncapi(settings: Settings) -> dict[str, Any]:
     for event_model in get_args(get_args(TaskEvent)[0]):
         kind = event_model.model_fields["kind"].default
         name = f"task{''.join(p.title() for p in kind.split('_'))}"
-        messages[name] = {**json_message, "name": name, "title": f"task.{kind}",
-                          "payload": _schema(event_model, schemas)}
+        one = _schema(event_model, schemas)
+        messages[name] = {**json_message, "name": name, "title": f"task.{kind}", "payload": one}
+        messages[f"{name}Batch"] = {
+            **json_message, "name": f"{name}Batch", "title": f"task.{kind}, several at once",
+            "summary": f"Events of kind {kind} that a worker finished together: one message, "
+                       "`v` 2 (decision 0180). A consumer reads both forms.",
+            "payload": _batch_schema(event_model.__name__, one, schemas)}
         channels[name] = {"address": f"task.{kind}", "title": f"tm.events: task.{kind}",
-                          "messages": {name: {"$ref": f"#/components/messages/{name}"}},
+                          "messages": {name: {"$ref": f"#/components/messages/{name}"},
+                                       f"{name}Batch": {"$ref": f"#/components/messages/{name}Batch"}},
                           "bindings": _exchange(EVENTS_EXCHANGE, "topic", vhost)}
         operations[f"on{name[0].upper()}{name[1:]}"] = {
             "action": "receive", "channel": {"$ref": f"#/channels/{name}"},

@@ -23,7 +23,7 @@ from shared.amqp.dead_letter import dead_letter_headers
 from shared.amqp.publisher import Publisher
 from shared.db.errors import DB_ERRORS
 from shared.errors import PoisonMessage, Unavailable
-from shared.messages import EVENT_STATUS, CancelTask, TaskEvent, parse_task_event, utcnow
+from shared.messages import EVENT_STATUS, CancelTask, TaskEvent, parse_task_events, utcnow
 from shared.runtime import stop_task
 from shared.settings import DispatcherSettings
 from shared.status import TaskStatus
@@ -100,7 +100,7 @@ class EventConsumer:
         events: list[TaskEvent] = []
         for message in batch:
             try:
-                events.append(parse_task_event(message.body))
+                events.extend(parse_task_events(message.body))  # one event, or a worker's batch
             except PoisonMessage as exc:
                 await self._dead_letter(message, exc.message)
         ended, stale_cancelled = await self._write(events) if events else ([], [])

@@ -36,6 +36,7 @@ from services.worker.stages.base import StageHandler
 from services.worker.step_publisher import StepPublisher
 from shared.amqp import headers as h
 from shared.amqp.consumer import QueueConsumer, quietly
+from shared.amqp.event_batches import EventBatches
 from shared.amqp.publisher import Publisher
 from shared.errors import PoisonMessage
 from shared.finished_tasks import REFUSAL
@@ -84,7 +85,8 @@ class StageWorker:
         # Prefetch = pool size: the broker keeps the rest, so priorities still reorder them.
         self._consumer = QueueConsumer(self._on_message, what=stage_queue(stage), prefetch=self.pool_size)
         self._stopping = False
-        self._steps = StepPublisher(publisher, stage=stage, max_seconds=OUTCOME_PUBLISH_MAX_SECONDS,
+        self._events = EventBatches(publisher)
+        self._steps = StepPublisher(publisher, events=self._events, stage=stage, max_seconds=OUTCOME_PUBLISH_MAX_SECONDS,
                                     giving_up=lambda: self._stopping)
 
     @property
@@ -159,7 +161,7 @@ class StageWorker:
 
     async def _attempt(self, task: TaskMessage, attempt: int) -> tuple[Outcome, AttemptContext]:
         ctx = AttemptContext(
-            task, attempt, events=self._publisher, estimator=self._estimator, worker_id=self.worker_id, cpu=self._cpu,
+            task, attempt, events=self._events, estimator=self._estimator, worker_id=self.worker_id, cpu=self._cpu,
             files=self._files,
         )
         outcome = await run_attempt(

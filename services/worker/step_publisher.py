@@ -14,16 +14,18 @@ from loguru import logger
 
 from services.worker import outcome_plan as plan
 from shared import metrics
-from shared.amqp.publisher import Publisher
+from shared.amqp.publisher import EventPublisher, Publisher
 from shared.errors import Unavailable
 from shared.topology import TASKS_EXCHANGE
 
 
 class StepPublisher:
     def __init__(
-        self, publisher: Publisher, *, stage: str, max_seconds: float, giving_up: Callable[[], bool]
+        self, publisher: Publisher, *, events: EventPublisher, stage: str, max_seconds: float,
+        giving_up: Callable[[], bool],
     ) -> None:
         self._publisher = publisher
+        self._events = events  # batched with other attempts' events of the same kind
         self._stage = stage
         # Built once: wrapping each step anew cost more than publishing it.
         self._with_retries = backoff.on_exception(
@@ -46,7 +48,7 @@ class StepPublisher:
         """One step, once."""
         match step:
             case plan.PublishEvent(event):
-                await self._publisher.event(event)
+                await self._events.event(event)
             case plan.ForwardTask(task):
                 await self._publisher.task(task)
             case plan.ScheduleRetry(task, tier, headers):

@@ -90,12 +90,11 @@ class Publisher:
         await self.publish(DEAD_LETTER_EXCHANGE, routing_key, body, headers=headers, **(properties or {}))
 
     async def event(self, event: _TaskEvent) -> None:
-        await self.publish(
-            EVENTS_EXCHANGE,
-            event.routing_key,
-            event.model_dump_json().encode(),
-            message_id=event.event_id,
-        )
+        await self.publish_event(event.routing_key, event.model_dump_json().encode(), message_id=event.event_id)
+
+    async def publish_event(self, routing_key: str, body: bytes, *, message_id: str | None = None) -> None:
+        """One event (v1) or a batch of one kind (v2, shared.amqp.event_batches)."""
+        await self.publish(EVENTS_EXCHANGE, routing_key, body, message_id=message_id)
 
     async def heartbeat(self, heartbeat: WorkerHeartbeat) -> None:
         """Heartbeats are transient: nobody may be listening, and a lost one is replaced soon."""

@@ -26,7 +26,7 @@ from services.worker.pipeline import staging
 from shared.amqp.connection import connect
 from shared.amqp.consumer import QueueConsumer
 from shared.errors import PoisonMessage
-from shared.messages import parse_task_event
+from shared.messages import TaskEvent, parse_task_events
 from shared.runtime import stop_task
 from shared.settings import Settings
 from shared.topology import EVENTS_EXCHANGE
@@ -56,11 +56,14 @@ class StagingJanitor:
 
     async def _on_event(self, message: AbstractIncomingMessage) -> None:
         try:
-            event = parse_task_event(message.body)
+            events = parse_task_events(message.body)
         except PoisonMessage:
             return
-        if event.task_type not in PIPELINE_TASK_TYPES:
-            return
+        for event in events:
+            if event.task_type in PIPELINE_TASK_TYPES:
+                await self._drop_staging(event)
+
+    async def _drop_staging(self, event: TaskEvent) -> None:
         try:
             dropped = await staging.drop_task(self._pool, event.task_id)
         except (asyncpg.PostgresError, OSError) as exc:
