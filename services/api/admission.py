@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import asyncpg
+import orjson
 from loguru import logger
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -44,6 +46,19 @@ from shared.task_request import ValidTask
 MAX_OPEN_TRANSACTIONS = 2
 # Rows per transaction (a batch request larger than this still goes whole).
 MAX_ROWS_PER_TRANSACTION = 500
+
+
+class _Replays(Exception):
+    pass
+
+
+class _PublishedThenFailed(Exception):
+    pass
+
+
+def _plain(valid: ValidTask, row: dict[str, Any]) -> bool:
+    """Published at once, nothing held back: no parents, no unique key, no delay."""
+    return not valid.request.depends_on and valid.request.unique_key is None and row["status"] == TaskStatus.QUEUED.value
 
 
 @dataclass(frozen=True)
@@ -71,9 +86,11 @@ class _Waiting:
 
 class Admission:
     def __init__(
-        self, engine: AsyncEngine, publisher: Publisher, *, max_in_flight: int, wait_seconds: float
+        self, engine: AsyncEngine, publisher: Publisher, *, max_in_flight: int, wait_seconds: float,
+        pool: asyncpg.Pool | None = None,
     ) -> None:
         self._engine = engine
+        self._pool = pool  # plain tasks skip SQLAlchemy when given one
         self._publisher = publisher
         self._slots = asyncio.Semaphore(max_in_flight)
         self._wait_seconds = wait_seconds
@@ -141,6 +158,10 @@ class Admission:
         results: list[AdmissionResult | None] = [None] * len(items)
         published = False
         try:
+            if self._pool is not None and all(_plain(valid, row) for (valid, _, _), row in zip(items, rows, strict=True)):
+                plain = await self._admit_plain(self._pool, items, rows)
+                if plain is not None:
+                    return plain
             async with self._engine.begin() as conn:
                 plans = await _plan_dependants(conn, items, rows, results)
                 candidates = [row for i, row in enumerate(rows) if results[i] is None]
@@ -183,13 +204,46 @@ class Admission:
             logger.warning("admission failed: database unavailable ({})", type(exc).__name__)
             return [Unavailable("the task database is unavailable; retry shortly") for _ in items]
         except Exception as exc:  # noqa: BLE001 - one bad row must not fail the requests it shares a batch with
-            if published or len(items) == 1:
+            if published or isinstance(exc, _PublishedThenFailed) or len(items) == 1:
                 # After a publish a retry could run a task twice; alone, the row is the culprit.
                 logger.opt(exception=exc).error("admission: {} row(s) could not be stored", len(items))
                 failed = InternalError(f"the task could not be stored ({type(exc).__name__}); it was not created")
                 return [failed for _ in items]
             return await self._isolate(items)
         return [r for r in results if r is not None]
+
+    async def _admit_plain(
+        self, pool: asyncpg.Pool, items: Sequence[_Owned], rows: list[dict[str, Any]]
+    ) -> list[AdmissionResult] | None:
+        """The common case on asyncpg directly (decision 0181): BEGIN, one INSERT,
+        the publishes, COMMIT. None, rolled back before any publish, when the
+        general path must answer: an idempotency key that already exists (a
+        replay), or a row the INSERT refused (the general path isolates it)."""
+        publishing = False
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                inserted = await conn.fetch(repo.INSERT_TASKS_ASYNCPG, orjson.dumps(rows).decode())
+                if len(inserted) < len(rows):
+                    raise _Replays
+                publishing = True
+                outcomes = await asyncio.gather(
+                    *(self._publisher.task(first_stage_message(items[i][0], row)) for i, row in enumerate(rows)),
+                    return_exceptions=True,
+                )
+                refused = [str(row["id"]) for row, outcome in zip(rows, outcomes, strict=True)
+                           if isinstance(outcome, BaseException)]
+                if refused:
+                    await conn.execute(repo.DELETE_TASKS_ASYNCPG, refused)
+        except _Replays:
+            return None
+        except DB_ERRORS:
+            raise
+        except Exception as exc:
+            if publishing:
+                raise _PublishedThenFailed from exc
+            return None
+        return [_as_unavailable(outcome) if isinstance(outcome, BaseException) else Admitted(row, created=True)
+                for row, outcome in zip(rows, outcomes, strict=True)]
 
     async def _isolate(self, items: Sequence[_Owned]) -> list[AdmissionResult]:
         """Find the rows that broke a batch by halving it: each half is its own

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import asyncpg
 from aio_pika.abc import AbstractRobustConnection
 from aiohttp import web
 from loguru import logger
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.api.admission import Admission
+from services.api.admission import MAX_OPEN_TRANSACTIONS, Admission
 from services.api.auth import AUTHENTICATOR, Authenticator
 from services.api.dead_letters import DeadLetterQueue
 from services.api.event_feed import EventFeed
@@ -27,6 +28,7 @@ from shared.amqp.connection import connect
 from shared.amqp.publisher import Publisher
 from shared.amqp.readiness import BrokerReadiness
 from shared.db.engine import create_engine
+from shared.db.pool import create_pool
 from shared.runtime import bounded
 from shared.security.api_key_store import ApiKeyStore
 from shared.security.callback_policy import CallbackPolicy
@@ -42,6 +44,7 @@ ENGINE = web.AppKey("engine", AsyncEngine)
 CONNECTION = web.AppKey("amqp_connection", AbstractRobustConnection)
 PUBLISHER = web.AppKey("publisher", Publisher)
 ADMISSION = web.AppKey("admission", Admission)
+ADMISSION_POOL = web.AppKey("admission_pool", asyncpg.Pool)
 LIMITS = web.AppKey("request_limits", RequestLimits)
 DEAD_LETTERS = web.AppKey("dead_letters", DeadLetterQueue)
 TOPOLOGY = web.AppKey("topology", Topology)
@@ -64,6 +67,9 @@ QUERY_EMBEDDER = web.AppKey("query_embedder", QueryEmbedder)
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     app[ENGINE] = create_engine(settings.postgres)
+    # Admission's plain path (decision 0181); lazy, so the api starts while the database is down.
+    app[ADMISSION_POOL] = await create_pool(settings.postgres, max_size=MAX_OPEN_TRANSACTIONS, min_size=0,
+                                            name="taskmgr-admission")
     logger.info("task state in PostgreSQL at {}", settings.postgres.describe())
     store = ApiKeyStore(app[ENGINE])
     await _check_key_source(settings, store)
@@ -86,6 +92,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
                                 max_streams=events.max_streams)
     yield
     await app[EVENT_FEED].close()
+    await bounded(app[ADMISSION_POOL].close(), "closing admission's database connections")
     await bounded(app[ENGINE].dispose(), "closing database connections")
 
 
@@ -105,6 +112,7 @@ async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
         app[PUBLISHER],
         max_in_flight=settings.api.max_concurrent_tasks,
         wait_seconds=settings.api.admission_wait_seconds,
+        pool=app[ADMISSION_POOL],
     )
     app[WORKFLOW_INTAKE] = WorkflowIntake(app[ENGINE], app[PUBLISHER], app[REGISTRY], app[LIMITS], app[CHECKS])
     app[DEAD_LETTERS] = DeadLetterQueue(connection, app[PUBLISHER], app[ENGINE])

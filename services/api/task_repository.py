@@ -39,7 +39,7 @@ def _in_scope(query: Any, scope: KbScope) -> Any:
 # One fixed statement for any number of rows: compiled once, prepared once per
 # connection. (A multi-row `insert().values(rows)` is a new statement each time,
 # and compiling it cost more than everything else the api does per request.)
-_INSERT = text("""
+_INSERT_SQL = """
 INSERT INTO tasks AS t (
     id, run, task_type, kb_id, payload, priority, retry_limit, timeout_seconds, callback_url, status,
     progress, stage, attempts, created_at, updated_at, idempotency_key, request_hash, created_by, run_at,
@@ -47,7 +47,7 @@ INSERT INTO tasks AS t (
 SELECT r.id, 1, r.task_type, r.kb_id, r.payload, r.priority, r.retry_limit, r.timeout_seconds, r.callback_url,
        r.status, 0, r.stage, 0, r.created_at, r.created_at, r.idempotency_key, r.request_hash, r.created_by,
        r.run_at, r.unique_key
-FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
+FROM jsonb_to_recordset(CAST({rows} AS jsonb)) AS r(
     id uuid, task_type text, kb_id text, payload jsonb, priority text, retry_limit int, timeout_seconds float8,
     callback_url text, status text, stage text, created_at timestamptz, idempotency_key text, request_hash text,
     created_by text, run_at timestamptz, unique_key text)
@@ -56,7 +56,12 @@ ORDER BY r.created_by, r.idempotency_key
 -- Idempotency keys are per owner (API key): another owner's key is another namespace.
 ON CONFLICT (created_by, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING CAST(t.id AS text) AS id
-""").bindparams(bindparam("rows", type_=JSONB))
+"""
+_INSERT = text(_INSERT_SQL.format(rows=":rows")).bindparams(bindparam("rows", type_=JSONB))
+# The same statement for asyncpg (admission of plain tasks, decision 0181): rows as one JSON text.
+INSERT_TASKS_ASYNCPG = _INSERT_SQL.format(rows="$1")
+DELETE_TASKS_ASYNCPG = "DELETE FROM tasks WHERE id = ANY(CAST($1 AS uuid[]))"
+
 
 
 async def insert_tasks(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> set[str]:

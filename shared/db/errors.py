@@ -6,12 +6,15 @@ answer 503 (admission): a refused connection, a dropped one, or a server-side er
 
 from __future__ import annotations
 
+import asyncpg
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 DB_ERRORS: tuple[type[Exception], ...] = (
     DBAPIError,
     InterfaceError,
     OperationalError,
+    asyncpg.PostgresError,  # the paths on asyncpg directly (shared/db/pool.py)
+    asyncpg.InterfaceError,
     OSError,
     ConnectionError,
 )

@@ -17,9 +17,9 @@ import asyncpg
 from pydantic import ValidationError
 
 from services.worker.attempt import AttemptContext
-from services.worker.pipeline.database import create_pool
 from services.worker.pipeline.rates import StageRates
 from services.worker.stages.base import StageOutput
+from shared.db.pool import create_pool
 from shared.errors import Permanent
 from shared.fleet import PIPELINE_STAGES
 from shared.messages import TaskMessage
@@ -46,7 +46,8 @@ class PipelineStage(ABC):
 
     async def start(self) -> None:
         self._pool = await create_pool(self.settings.postgres,
-                                       max_size=max(4, min(20, self.settings.worker.worker_pool_size + 2)))
+                                       max_size=max(4, min(20, self.settings.worker.worker_pool_size + 2)),
+                                       name="taskmgr-pipeline")
 
     async def close(self) -> None:
         if self._pool is not None:
