@@ -100,6 +100,7 @@ RULES: tuple[AccessRule, ...] = (
     rule("GET", "/api/v1/kbs/{kb_id}/documents/{document_id}/chunks", READ, tenant_param="kb_id"),
     rule("DELETE", "/api/v1/kbs/{kb_id}/documents/{document_id}", WRITE, tenant_param="kb_id"),
     rule("POST", "/api/v1/kbs/{kb_id}/documents/{document_id}/reprocess", WRITE, tenant_param="kb_id"),
+    rule("POST", "/api/v1/kbs/{kb_id}/reembed", WRITE, tenant_param="kb_id"),
 )
 
 

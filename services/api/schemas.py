@@ -198,6 +198,46 @@ class DocumentView(_Body):
     updated_at: datetime
 
 
+class DocumentError(_Body):
+    code: str = Field(description="The failure's type, e.g. `corrupt_file`, `no_text_layer`, `file_not_found`.")
+    message: str
+    stage: str | None = Field(description="The pipeline stage that failed.")
+
+
+class DocumentTimings(_Body):
+    submitted_at: datetime | None = Field(description="When the newest run was submitted.")
+    started_at: datetime | None
+    finished_at: datetime | None
+    stage_seconds: dict[str, float] | None = Field(
+        description="Seconds per pipeline stage and `total`, for a completed run.")
+
+
+class DocumentListItem(_Body):
+    document_id: str | None = Field(description="Null for a run whose file_path has not been named yet "
+                                                "(it failed, or waits, before `preprocess`).")
+    status: Literal["queued", "processing", "ready", "failed", "cancelled"] = Field(
+        description="The newest run's: queued (also delayed or waiting on a parent), processing, ready, "
+                    "failed (see `error`) or cancelled.")
+    searchable: bool = Field(description="Search finds its chunks (a failed re-run keeps the previous ones).")
+    error: DocumentError | None
+    source: str | None = Field(description="The file name (upload) or path.")
+    content_type: str | None
+    file_bytes: int | None
+    title: str | None
+    pages: int | None
+    characters: int | None
+    chunk_count: int
+    embedding_model: str | None
+    embedding_dim: int | None
+    metadata: dict[str, Any]
+    task_id: str = Field(description="The newest run's task (the one `status` describes).")
+    progress: int | None
+    stage: str | None
+    timings: DocumentTimings
+    created_at: datetime | None = Field(description="When the document's chunks were first stored.")
+    updated_at: datetime | None
+
+
 class DocumentPage(_Body):
-    items: list[DocumentView]
+    items: list[DocumentListItem]
     next_cursor: str | None

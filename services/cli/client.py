@@ -53,8 +53,12 @@ class ApiClient:
         path = f"/api/v1/kbs/{quote(kb_id, safe='')}/documents/{quote(document_id, safe='')}"
         return self.request("DELETE", path)[1]  # type: ignore[no-any-return]
 
-    def documents(self, kb_id: str) -> dict[str, Any]:
-        return self.request("GET", f"/api/v1/kbs/{quote(kb_id, safe='')}/documents?limit=200")[1]  # type: ignore[no-any-return]
+    def documents(self, kb_id: str, status: str | None = None) -> dict[str, Any]:
+        path = f"/api/v1/kbs/{quote(kb_id, safe='')}/documents?limit=200"
+        return self.request("GET", path + (f"&status={quote(status)}" if status else ""))[1]  # type: ignore[no-any-return]
+
+    def reembed(self, kb_id: str) -> dict[str, Any]:
+        return self.request("POST", f"/api/v1/kbs/{quote(kb_id, safe='')}/reembed", {})[1]  # type: ignore[no-any-return]
 
     def chunks(self, kb_id: str, document_id: str, cursor: str | None = None, limit: int = 50) -> dict[str, Any]:
         path = f"/api/v1/kbs/{quote(kb_id, safe='')}/documents/{quote(document_id, safe='')}/chunks?limit={limit}"

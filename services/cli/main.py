@@ -142,7 +142,13 @@ def _parser() -> argparse.ArgumentParser:
 
     documents = sub.add_parser("documents", help="list a knowledge base's documents")
     documents.add_argument("kb_id")
+    documents.add_argument("--status", help="only these statuses, comma-separated (queued,processing,ready,failed,"
+                           "cancelled)")
     documents.set_defaults(func=cmd_documents)
+
+    reembed = sub.add_parser("reembed", help="re-embed every stored document of a knowledge base (as tasks)")
+    reembed.add_argument("kb_id")
+    reembed.set_defaults(func=cmd_reembed)
 
     chunks = sub.add_parser("chunks", help="page through a document's chunks (text, pages, section, ocr)")
     chunks.add_argument("kb_id")
@@ -391,7 +397,12 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_documents(args: argparse.Namespace, settings: Settings) -> int:
-    _print(_client(settings).documents(args.kb_id))
+    _print(_client(settings).documents(args.kb_id, args.status))
+    return 0
+
+
+def cmd_reembed(args: argparse.Namespace, settings: Settings) -> int:
+    _print(_client(settings).reembed(args.kb_id))
     return 0
 
 

@@ -126,3 +126,55 @@ async def test_taskmgr_search_prints_the_hits(pipeline: PipelineFleet,
         env=pipeline.fleet.env(), capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "3 result(s)" in result.stdout and "Etymology" in result.stdout
+
+
+async def test_the_document_list_shows_ready_failed_and_queued_documents_and_pages(api: ApiClient) -> None:
+    kb = "kb_list"
+    ready = await ingest(api, kb, "txt-zh-gb18030.txt", document_id="ready-doc")
+    failed = await ingest(api, kb, "no-such-file.txt")  # fails before preprocess names it
+    assert ready["status"] == "completed" and failed["status"] == "failed"
+    later = await api.submit({**document(kb, "md-pypdf-extract-text.md", document_id="later-doc"),
+                              "delay_seconds": 3600})
+    status, page = await api.call("GET", f"/api/v1/kbs/{kb}/documents")
+    assert status == 200, page
+    by_status = {item["status"]: item for item in page["items"]}
+    assert set(by_status) == {"ready", "failed", "queued"} and page["next_cursor"] is None
+    done = by_status["ready"]
+    assert done["document_id"] == "ready-doc" and done["searchable"] and done["chunk_count"] == ready["result"]["chunk_count"]
+    assert done["timings"]["stage_seconds"]["total"] > 0 and done["timings"]["finished_at"] and done["error"] is None
+    assert done["source"] == "txt-zh-gb18030.txt" and done["file_bytes"] > 0 and done["task_id"] == ready["task_id"]
+    bad = by_status["failed"]
+    assert bad["document_id"] is None and bad["task_id"] == failed["task_id"] and not bad["searchable"]
+    assert bad["error"]["code"] and bad["error"]["message"] and bad["source"] == "no-such-file.txt"
+    assert by_status["queued"]["document_id"] == "later-doc" and by_status["queued"]["task_id"] == later["task_id"]
+    status, only = await api.call("GET", f"/api/v1/kbs/{kb}/documents?status=failed,queued")
+    assert {i["status"] for i in only["items"]} == {"failed", "queued"}
+    seen, cursor = [], None
+    while True:
+        status, one = await api.call("GET", f"/api/v1/kbs/{kb}/documents?limit=1" + (f"&cursor={cursor}" if cursor else ""))
+        assert status == 200 and len(one["items"]) == 1, one
+        seen.append(one["items"][0]["task_id"])
+        if not (cursor := one["next_cursor"]):
+            break
+    assert sorted(seen) == sorted(i["task_id"] for i in page["items"])
+    status, wrong = await api.call("GET", f"/api/v1/kbs/{kb}/documents?status=done")
+    assert status == 422 and wrong["error"]["details"][0]["field"] == "status"
+    await api.call("DELETE", f"/api/v1/tasks/{later['task_id']}")
+
+
+async def test_reembed_reruns_every_ready_document_once_while_it_runs(api: ApiClient) -> None:
+    kb = "kb_reembed"
+    first = await ingest(api, kb, "md-zh-mineru-output-files.md", document_id="a")
+    assert first["status"] == "completed"
+    # Two calls at once: the unique key lets one create the task and hands it to the other.
+    answers = await asyncio.gather(*(api.call("POST", f"/api/v1/kbs/{kb}/reembed", json={}) for _ in range(2)))
+    assert [status for status, _ in answers] == [202, 202], answers
+    bodies = sorted((body for _, body in answers), key=lambda b: -b["submitted"])
+    assert [(b["submitted"], b["running"], b["skipped"]) for b in bodies] == [(1, 0, []), (0, 1, [])]
+    [task], [same] = bodies[0]["tasks"], bodies[1]["tasks"]
+    assert task["document_id"] == "a" and task["created"] and same == {**task, "created": False}
+    done = await api.wait_for(task["task_id"], timeout=120)
+    assert done["status"] == "completed" and done["result"]["document_id"] == "a"
+    assert done["result"]["chunk_count"] == first["result"]["chunk_count"]
+    status, page = await api.call("GET", f"/api/v1/kbs/{kb}/documents")
+    assert [(i["task_id"], i["status"]) for i in page["items"]] == [(task["task_id"], "ready")]

@@ -37,6 +37,17 @@ class ReprocessRequest(BaseModel):
     )
 
 
+def rerun_payload(previous: dict[str, Any], document_id: str) -> dict[str, Any]:
+    """The payload of a new run of the document: the previous run's file and parameters
+    (a masked password is dropped: it was never stored)."""
+    kept = {k: previous[k] for k in _KEPT if previous.get(k) is not None}
+    return {**kept, "document_id": document_id}
+
+
+def needs_password(previous: dict[str, Any]) -> bool:
+    return previous.get("password") == _MASKED
+
+
 @routes.post("/api/v1/kbs/{kb_id}/documents/{document_id}/reprocess")
 @documented(Operation(summary="Re-process a document with new parameters", tag="knowledge bases",
                       path=_DOCUMENT_PATH, body=ReprocessRequest, errors=(409, 422, 503),
@@ -63,10 +74,10 @@ async def reprocess_document(request: web.Request) -> web.Response:
                                        {"id": document["task_id"]})).scalar()
     if not isinstance(previous, dict):
         raise Conflict(f"the task that wrote document {document_id!r} is no longer kept; submit the file again")
-    if previous.get("password") == _MASKED and "password" not in overrides:
+    if needs_password(previous) and "password" not in overrides:
         raise InvalidRequest("the document is encrypted", [FieldError(
             "payload.password", "is required again: passwords are never stored")])
-    payload = {k: previous[k] for k in _KEPT if previous.get(k) is not None}
+    payload = rerun_payload(previous, document_id)
     payload.update({**overrides, "document_id": document_id})
     task: dict[str, Any] = {"task_type": "document_processing", "kb_id": kb_id, "payload": payload}
     valid = validate_task_request(task, app[REGISTRY], app[LIMITS])

@@ -11,6 +11,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import text
 
+from services.api import document_listing
+from services.api.document_listing import CURSOR_PATTERN, DOCUMENT_STATUSES, valid_cursor
 from services.api.http import json_response, read_json
 from services.api.openapi import Operation, documented
 from services.api.resources import ENGINE, LIMITS, QUERY_EMBEDDER, REGISTRY, SETTINGS
@@ -35,7 +37,9 @@ _DOCUMENT_PATH = {**_KB_PATH, "document_id": {"type": "string", "pattern": DOCUM
 def _documents_query(ctx: Any) -> dict[str, Any]:
     return {"type": "object", "properties": {
         "limit": {"type": "integer", "minimum": 1, "maximum": ctx.settings.api.max_page_size, "default": 50},
-        "cursor": {"type": "string", "pattern": DOCUMENT_ID_PATTERN}}}
+        "cursor": {"type": "string", "pattern": CURSOR_PATTERN},
+        "status": {"type": "string", "description": "Only these statuses, comma-separated: "
+                   + ", ".join(DOCUMENT_STATUSES)}}}
 
 
 class SearchRequest(BaseModel):
@@ -99,6 +103,8 @@ async def search(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/kbs/{kb_id}/documents")
 @documented(Operation(summary="List a knowledge base's documents", tag="knowledge bases", path=_KB_PATH,
+                      description="Every document: queued, processing, ready, failed (with its error) and "
+                                  "cancelled ones, with file, chunk count, model and timings of the newest run.",
                       query=_documents_query, errors=(422,),
                       responses={200: (DocumentPage, "Documents by id; pass next_cursor for the next page.")}))
 async def list_documents(request: web.Request) -> web.Response:
@@ -112,15 +118,17 @@ async def list_documents(request: web.Request) -> web.Response:
     if not 1 <= limit <= max_page:
         raise InvalidRequest("invalid query", [FieldError("limit", f"must be an integer from 1 to {max_page}")])
     after = params.get("cursor")
-    if after is not None and not _DOCUMENT_ID.match(after):
+    if after is not None and not valid_cursor(after):
         raise InvalidRequest("invalid query", [FieldError("cursor", "is not a cursor returned by this endpoint")])
-    async with request.app[ENGINE].connect() as conn:
-        rows = (await conn.execute(text(
-            f"SELECT {_DOCUMENT_COLUMNS} FROM kb_documents WHERE kb_id = :kb AND state = 'ready' "
-            "AND document_id > :after ORDER BY document_id LIMIT :limit"),
-            {"kb": kb_id, "after": after or "", "limit": limit + 1})).mappings().all()
-    page, more = rows[:limit], len(rows) > limit
-    return json_response({"items": [dict(r) for r in page], "next_cursor": page[-1]["document_id"] if more else None})
+    statuses = [s.strip() for s in params.get("status", ",".join(DOCUMENT_STATUSES)).split(",") if s.strip()]
+    unknown = sorted(set(statuses) - set(DOCUMENT_STATUSES))
+    if unknown or not statuses:
+        raise InvalidRequest("invalid query", [FieldError(
+            "status", f"unknown status {unknown[0] if unknown else ''!r}; one or more of "
+            + ", ".join(DOCUMENT_STATUSES))])
+    items, next_cursor = await document_listing.list_documents(
+        request.app[ENGINE], kb_id, statuses=statuses, after=after, limit=limit)
+    return json_response(DocumentPage.model_validate({"items": items, "next_cursor": next_cursor}))
 
 
 @routes.get("/api/v1/kbs/{kb_id}/documents/{document_id}")
