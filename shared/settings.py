@@ -361,7 +361,6 @@ class FileSettings(BaseSettings):
     upload_retention_seconds: float = Field(default=24 * 3600, alias="UPLOAD_RETENTION_SECONDS", ge=0)
     # ... or this long after it was uploaded when no task ever used it.
     upload_unused_ttl_seconds: float = Field(default=24 * 3600, alias="UPLOAD_UNUSED_TTL_SECONDS", gt=0)
-    upload_sweep_interval_seconds: float = Field(default=60, alias="UPLOAD_SWEEP_INTERVAL", gt=0)
     # Per tenant (API key owner): uploads kept at once, and their bytes (413 beyond) ...
     upload_quota_files: int = Field(default=1000, alias="UPLOAD_QUOTA_FILES", ge=1)
     upload_quota_bytes: int = Field(default=10 * 1024**3, alias="UPLOAD_QUOTA_BYTES", ge=1)
@@ -482,6 +481,19 @@ class DispatcherSettings(BaseSettings):
     reconciler_interval_seconds: float = Field(default=60, alias="RECONCILER_INTERVAL_SECONDS", gt=0)
 
 
+class RetentionSettings(BaseSettings):
+    """How long finished work is kept. The dispatcher's retention sweep removes task rows
+    (with their callbacks and dependency edges) and uploads (UPLOAD_RETENTION_SECONDS,
+    UPLOAD_UNUSED_TTL_SECONDS) once these have passed; docs/operations.md says what is kept longer."""
+
+    model_config = _ENV
+
+    # A finished task's row (and its callback rows) is deleted this long after it ended.
+    task_retention_seconds: float = Field(default=30 * 86400, alias="TASK_RETENTION_SECONDS", ge=0)
+    # How often the sweep runs (it was UPLOAD_SWEEP_INTERVAL when only the api swept uploads).
+    sweep_interval_seconds: float = Field(default=60, alias="RETENTION_SWEEP_INTERVAL", gt=0)
+
+
 class EventStreamSettings(BaseSettings):
     """`GET /api/v1/events` and the event log behind it (decision 0131)."""
 
@@ -516,6 +528,7 @@ class Settings(BaseModel):
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     search: SearchSettings = Field(default_factory=SearchSettings)
     events: EventStreamSettings = Field(default_factory=EventStreamSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     @model_validator(mode="after")
     def _kb_burst_fits_a_batch(self) -> Settings:

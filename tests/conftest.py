@@ -77,7 +77,8 @@ async def fleet(environment: TestEnvironment, tmp_path_factory: pytest.TempPathF
     fleet = Fleet(environment, log_dir(tmp_path_factory.mktemp("fleet")))
     fleet.add_api()
     fleet.add_worker(WORKER_POOL_SIZE="8", CALLBACK_SECRET=CALLBACK_SECRET)
-    fleet.add_dispatcher(CALLBACK_SECRET=CALLBACK_SECRET)
+    # A short sweep interval: tests/test_retention.py watches the sweep remove old rows.
+    fleet.add_dispatcher(CALLBACK_SECRET=CALLBACK_SECRET, RETENTION_SWEEP_INTERVAL="0.5")
     await fleet.start()
     yield fleet
     fleet.stop()

@@ -191,7 +191,7 @@ async def test_an_upload_named_by_a_schedule_or_a_scheduled_task_is_kept(
 
     root = (tmp_path / "uploads").resolve()
     root.mkdir()
-    fleet = await fleet_factory(_files_fleet(root, UPLOAD_RETENTION_SECONDS="0", UPLOAD_SWEEP_INTERVAL="0.2",
+    fleet = await fleet_factory(_files_fleet(root, UPLOAD_RETENTION_SECONDS="0", RETENTION_SWEEP_INTERVAL="0.2",
                                              UPLOAD_UNUSED_TTL_SECONDS="1"))
     api = ApiClient(fleet.api_url, http)
     refs = {}

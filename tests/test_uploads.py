@@ -119,7 +119,7 @@ async def test_an_upload_over_the_cap_is_413_and_leaves_nothing_behind(
 async def test_an_upload_is_deleted_after_its_task_ends(
     fleet_factory: FleetFactory, http: aiohttp.ClientSession, upload_root: Path
 ) -> None:
-    fleet = await fleet_factory(_files_fleet(upload_root, UPLOAD_RETENTION_SECONDS="0", UPLOAD_SWEEP_INTERVAL="0.2",
+    fleet = await fleet_factory(_files_fleet(upload_root, UPLOAD_RETENTION_SECONDS="0", RETENTION_SWEEP_INTERVAL="0.2",
                                              UPLOAD_UNUSED_TTL_SECONDS="3600"))
     api = ApiClient(fleet.api_url, http)
     _, used = await _upload(api, "kb_r", b"used by a task")

@@ -18,7 +18,6 @@ from services.api.resources import (
     ADMISSION,
     CHECKS,
     CONNECTION,
-    ENGINE,
     LIMITS,
     PUBLISHER,
     REGISTRY,
@@ -46,7 +45,7 @@ from services.api.routes.uploads import routes as upload_routes
 from services.api.routes.workflows import routes as workflow_routes
 from services.api.schemas import HealthReport
 from services.api.submit_consumer import SubmitConsumer
-from services.api.upload_retention import UploadSweeper, store_root_ready
+from services.api.upload_retention import IncomingSweeper, store_root_ready
 from shared import metrics
 from shared.health import health_routes
 from shared.runtime import bounded
@@ -85,7 +84,7 @@ async def submit_consumer_ctx(app: web.Application) -> AsyncIterator[None]:
 async def upload_sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     await asyncio.to_thread(store_root_ready, settings.files.upload_store_root)
-    sweeper = UploadSweeper(app[ENGINE], settings.files)
+    sweeper = IncomingSweeper(settings.files.upload_store_root, settings.retention.sweep_interval_seconds)
     sweeper.start()
     yield
     await sweeper.stop()

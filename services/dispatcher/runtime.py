@@ -15,6 +15,7 @@ from services.dispatcher.event_log import EventLog
 from services.dispatcher.periodic import ScheduleFiring
 from services.dispatcher.reconciler import LostMessageReconciler
 from services.dispatcher.releases import ReleasePublisher
+from services.dispatcher.retention import RetentionSweep
 from services.dispatcher.rpc import DispatcherRpc
 from services.dispatcher.scheduler import DelayedRelease
 from services.dispatcher.state_writer import TaskStateWriter
@@ -86,6 +87,8 @@ async def run_dispatcher(settings: Settings, registry: TaskTypeRegistry | None =
     periodic.start()
     reconciler = LostMessageReconciler(engine, connection, publisher, registry, settings.dispatcher)
     reconciler.start()
+    retention = RetentionSweep(engine, settings.retention, settings.files)
+    retention.start()
     logger.info("dispatcher ready")
     await stop.wait()
 
@@ -93,6 +96,7 @@ async def run_dispatcher(settings: Settings, registry: TaskTypeRegistry | None =
     await delayed.stop()
     await periodic.stop()
     await reconciler.stop()
+    await retention.stop()
     await consumer.stop()
     await rpc.stop()
     await callbacks.stop()

@@ -176,5 +176,5 @@ async def test_reembed_reruns_every_ready_document_once_while_it_runs(api: ApiCl
     done = await api.wait_for(task["task_id"], timeout=120)
     assert done["status"] == "completed" and done["result"]["document_id"] == "a"
     assert done["result"]["chunk_count"] == first["result"]["chunk_count"]
-    status, page = await api.call("GET", f"/api/v1/kbs/{kb}/documents")
+    _, page = await api.call("GET", f"/api/v1/kbs/{kb}/documents")
     assert [(i["task_id"], i["status"]) for i in page["items"]] == [(task["task_id"], "ready")]
