@@ -26,6 +26,9 @@ DOCUMENT_STATUSES: tuple[str, ...] = get_args(DocumentStatus)
 _UNNAMED = "~"
 CURSOR_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}|~[0-9a-f-]{36})$"
 _CURSOR = re.compile(CURSOR_PATTERN)
+_ONE_STATUS = "(" + "|".join(DOCUMENT_STATUSES) + ")"
+STATUS_FILTER_PATTERN = f"^{_ONE_STATUS}(,{_ONE_STATUS})*$"
+_STATUS_FILTER = re.compile(STATUS_FILTER_PATTERN)
 
 # The newest run per document id (task ids are UUIDv7: the greatest is the newest).
 _QUERY = """
@@ -70,6 +73,11 @@ ORDER BY sort_key COLLATE "C" LIMIT :limit
 
 def valid_cursor(cursor: str) -> bool:
     return bool(_CURSOR.match(cursor))
+
+
+def status_filter(value: str) -> list[str] | None:
+    """The statuses of a `status=ready,failed` filter; None when it is not one."""
+    return value.split(",") if _STATUS_FILTER.match(value) else None
 
 
 async def list_documents(engine: AsyncEngine, kb_id: str, *, statuses: Sequence[str], after: str | None,

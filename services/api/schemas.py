@@ -199,7 +199,7 @@ class DocumentView(_Body):
 
 
 class DocumentError(_Body):
-    code: str = Field(description="The failure's type, e.g. `corrupt_file`, `no_text_layer`, `file_not_found`.")
+    code: str = Field(description="The failure's type, e.g. `corrupt_file`, `no_text_layer`, `password_required`.")
     message: str
     stage: str | None = Field(description="The pipeline stage that failed.")
 

@@ -12,7 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import text
 
 from services.api import document_listing
-from services.api.document_listing import CURSOR_PATTERN, DOCUMENT_STATUSES, valid_cursor
+from services.api.document_listing import (
+    CURSOR_PATTERN,
+    DOCUMENT_STATUSES,
+    STATUS_FILTER_PATTERN,
+    valid_cursor,
+)
 from services.api.http import json_response, read_json
 from services.api.openapi import Operation, documented
 from services.api.resources import ENGINE, LIMITS, QUERY_EMBEDDER, REGISTRY, SETTINGS
@@ -38,8 +43,8 @@ def _documents_query(ctx: Any) -> dict[str, Any]:
     return {"type": "object", "properties": {
         "limit": {"type": "integer", "minimum": 1, "maximum": ctx.settings.api.max_page_size, "default": 50},
         "cursor": {"type": "string", "pattern": CURSOR_PATTERN},
-        "status": {"type": "string", "description": "Only these statuses, comma-separated: "
-                   + ", ".join(DOCUMENT_STATUSES)}}}
+        "status": {"type": "string", "pattern": STATUS_FILTER_PATTERN,
+                   "description": "Only these statuses, comma-separated: " + ", ".join(DOCUMENT_STATUSES)}}}
 
 
 class SearchRequest(BaseModel):
@@ -120,12 +125,10 @@ async def list_documents(request: web.Request) -> web.Response:
     after = params.get("cursor")
     if after is not None and not valid_cursor(after):
         raise InvalidRequest("invalid query", [FieldError("cursor", "is not a cursor returned by this endpoint")])
-    statuses = [s.strip() for s in params.get("status", ",".join(DOCUMENT_STATUSES)).split(",") if s.strip()]
-    unknown = sorted(set(statuses) - set(DOCUMENT_STATUSES))
-    if unknown or not statuses:
+    statuses = document_listing.status_filter(params.get("status", ",".join(DOCUMENT_STATUSES)))
+    if statuses is None:
         raise InvalidRequest("invalid query", [FieldError(
-            "status", f"unknown status {unknown[0] if unknown else ''!r}; one or more of "
-            + ", ".join(DOCUMENT_STATUSES))])
+            "status", "one or more of " + ", ".join(DOCUMENT_STATUSES) + ", comma-separated")])
     items, next_cursor = await document_listing.list_documents(
         request.app[ENGINE], kb_id, statuses=statuses, after=after, limit=limit)
     return json_response(DocumentPage.model_validate({"items": items, "next_cursor": next_cursor}))
