@@ -20,7 +20,7 @@ class Sizes:
     """How much work each measurement does. The full run is the issue's; the
     quick one (`--quick`, the test suite's smoke test) only proves the harness works."""
 
-    ingress_requests: int = 5_000
+    ingress_requests: int = 10_000
     ingress_concurrency: tuple[int, ...] = (10, 50)
     e2e_tasks: int = 10_000
     e2e_concurrency: int = 50
