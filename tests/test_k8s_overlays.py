@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -21,6 +22,7 @@ from shared.fleet import STAGES, worker_service
 ROOT = Path(__file__).resolve().parents[1]
 OVERLAYS = ROOT / "deploy" / "k8s" / "overlays"
 K8S_VERSION = "1.30"
+KEDA_CRDS = Path(__file__).parent / "k8s" / "keda"
 
 
 def _build(overlay: str) -> list[dict[str, Any]]:
@@ -35,12 +37,60 @@ def _build(overlay: str) -> list[dict[str, Any]]:
     objects = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
     for doc in objects:
         if doc["apiVersion"].startswith("keda.sh/"):
-            continue  # KEDA's CRDs: the base's fields are checked in test_deploy_files.py
+            _validate_keda(overlay, doc)
+            continue
         try:
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
         except kubernetes_validate.ValidationError as exc:
             raise AssertionError(f"{overlay}: {doc['kind']} {doc['metadata']['name']}: {exc.message}") from None
     return objects
+
+
+def _strict(schema: Any) -> Any:
+    """A CRD's structural schema as strict field validation applies it: an object that
+    lists its properties and keeps no unknown fields refuses any other."""
+    if isinstance(schema, list):
+        return [_strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    strict = {k: _strict(v) for k, v in schema.items()}
+    if ("properties" in schema and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")):
+        strict["additionalProperties"] = False
+    return strict
+
+
+def _keda_schemas() -> dict[tuple[str, str], Any]:
+    """(apiVersion, kind) -> the schema KEDA's CRD serves for it (tests/k8s/keda, Apache-2.0)."""
+    schemas = {}
+    for path in KEDA_CRDS.glob("*.yaml"):
+        crd = yaml.safe_load(path.read_text())
+        for version in crd["spec"]["versions"]:
+            if version.get("served"):
+                key = (f"{crd['spec']['group']}/{version['name']}", crd["spec"]["names"]["kind"])
+                schemas[key] = _strict(version["schema"]["openAPIV3Schema"])
+    return schemas
+
+
+def _validate_keda(overlay: str, doc: dict[str, Any]) -> None:
+    schema = _keda_schemas().get((doc["apiVersion"], doc["kind"]))
+    assert schema is not None, f"{overlay}: KEDA serves no {doc['kind']} at {doc['apiVersion']}"
+    body = {k: v for k, v in doc.items() if k != "metadata"}  # metadata is the API server's (ObjectMeta)
+    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(body), key=lambda e: list(e.path))
+    assert not errors, f"{overlay}: {doc['kind']} {doc['metadata']['name']}: " + "; ".join(
+        f"{'.'.join(map(str, e.path)) or 'body'}: {e.message}" for e in errors)
+
+
+def test_keda_objects_are_checked_against_the_crd() -> None:
+    """The check can fail: a misspelt field and a wrong type are refused."""
+    good = {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": "x"},
+            "spec": {"scaleTargetRef": {"name": "worker-default"},
+                     "triggers": [{"type": "rabbitmq", "metadata": {"queueName": "tm.stage.default"}}]}}
+    _validate_keda("test", good)
+    for bad in ({**good, "spec": {**good["spec"], "maxReplicas": 3}},
+                {**good, "spec": {**good["spec"], "maxReplicaCount": "three"}}):
+        with pytest.raises(AssertionError):
+            _validate_keda("test", bad)
 
 
 def _of(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
