@@ -24,6 +24,7 @@ from pydantic import (
     field_validator,
 )
 
+from shared.concurrency_keys import MAX_CONCURRENCY, scoped_key
 from shared.errors import FieldError, InvalidRequest
 from shared.json_limits import check_json_shape
 from shared.json_types import JsonFloat, json_int
@@ -122,6 +123,13 @@ class TaskRequest(BaseModel):
     unique_for_seconds: json_int(ge=1, le=MAX_DELAY_SECONDS) | None = Field(  # type: ignore[valid-type]
         default=None, description="Window from submission in which the key stays taken even after the task "
                                   "ended; by default only while it is unfinished.")
+    # Concurrency keys (decision 0160).
+    concurrency_key: str | None = Field(
+        default=None, pattern=UNIQUE_KEY_PATTERN,
+        description="At most `max_concurrency` tasks with this key (per API key) run at once, across every "
+                    "worker; the others wait, `queued`. Document tasks are keyed by their document.")
+    max_concurrency: json_int(ge=1, le=MAX_CONCURRENCY) | None = Field(  # type: ignore[valid-type]
+        default=None, description="The key's limit as this task sees it; default 1 (a distributed lock).")
 
     def due_at(self, now: datetime) -> datetime | None:
         """When a delayed task is due, or None to run now (no delay, or a time already past)."""
@@ -162,6 +170,15 @@ class ValidTask:
         """Same request, same hash: tells an idempotent retry from a reused key.
         Computed on first use: only requests with an idempotency key need it."""
         return _fingerprint(self.request)
+
+    def concurrency(self, owner: str) -> tuple[str, int] | None:
+        """The scoped key whose slots this task takes, and its limit; None for none."""
+        default = self.task_type.default_concurrency_key
+        if default is not None:
+            return scoped_key(None, default(self.payload, self.request.kb_id)), 1
+        if self.request.concurrency_key is not None:
+            return scoped_key(owner, self.request.concurrency_key), self.request.max_concurrency or 1
+        return None
 
     @property
     def callback_url(self) -> str | None:
@@ -206,6 +223,11 @@ def validate_task_request(
     if request.retry_limit is not None and request.retry_limit > limits.max_retry_limit:
         errors.append(FieldError("retry_limit", f"must be at most {limits.max_retry_limit}"))
     errors.extend(_schedule_errors(request))
+    if request.max_concurrency is not None and request.concurrency_key is None:
+        errors.append(FieldError("max_concurrency", "needs a concurrency_key"))
+    if request.concurrency_key is not None and task_type.default_concurrency_key is not None:
+        errors.append(FieldError("concurrency_key", f"task type {task_type.name!r} is keyed by its document "
+                                                    "(one run at a time); it takes no other key"))
     if request.timeout_seconds is not None and request.timeout_seconds > limits.max_timeout_seconds:
         errors.append(FieldError("timeout_seconds", f"must be at most {limits.max_timeout_seconds:g} (MAX_TASK_TIMEOUT, "
                                                     "kept under RabbitMQ's consumer_timeout)"))

@@ -32,8 +32,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from services.api import dependencies, scheduling
 from services.api import task_repository as repo
 from services.api.task_repository import TaskRow
-from shared import metrics
+from shared import concurrency_keys, metrics
 from shared.amqp.publisher import Publisher
+from shared.concurrency_keys import Keyed, priority_rank, visible_key
 from shared.db.errors import DB_ERRORS
 from shared.errors import Conflict, InternalError, TaskManagerError, Unavailable
 from shared.ids import new_task_id
@@ -57,8 +58,9 @@ class _PublishedThenFailed(Exception):
 
 
 def _plain(valid: ValidTask, row: dict[str, Any]) -> bool:
-    """Published at once, nothing held back: no parents, no unique key, no delay."""
-    return not valid.request.depends_on and valid.request.unique_key is None and row["status"] == TaskStatus.QUEUED.value
+    """Published at once, nothing held back: no parents, no unique key, no delay, no concurrency key."""
+    return (not valid.request.depends_on and valid.request.unique_key is None
+            and row["status"] == TaskStatus.QUEUED.value and row["concurrency_key"] is None)
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,9 @@ class Admission:
                 for i in waiting:
                     results[i] = Admitted(rows[i], created=True)
                 to_publish = [i for i in new if results[i] is None]
+                # Over its concurrency key's limit: waits, queued, for a slot (decision 0160).
+                withdrawn = await _take_slots(conn, items, rows, to_publish, results)
+                to_publish = [i for i in to_publish if results[i] is None]
                 published = bool(to_publish)
                 outcomes = await asyncio.gather(
                     *(self._publisher.task(first_stage_message(items[i][0], rows[i], plans.get(i)))
@@ -198,8 +203,10 @@ class Admission:
                 for i, row in enumerate(rows):
                     if results[i] is None:
                         results[i] = _replayed(row, existing.get((row["created_by"], row["idempotency_key"])), refused)
-                await repo.delete_tasks(conn, refused)
-                await scheduling.release_unique_keys(conn, sorted(refused))
+                # A refused publish gives its slot on (to a task of this batch that waits for it, say).
+                await concurrency_keys.free(conn, sorted(refused))
+                await repo.delete_tasks(conn, refused | withdrawn)
+                await scheduling.release_unique_keys(conn, sorted(refused | withdrawn))
         except DB_ERRORS as exc:
             logger.warning("admission failed: database unavailable ({})", type(exc).__name__)
             return [Unavailable("the task database is unavailable; retry shortly") for _ in items]
@@ -278,6 +285,40 @@ class Admission:
         await scheduling.insert_delayed(conn, delayed)  # type: ignore[arg-type]
 
 
+def keyed(valid: ValidTask, row: dict[str, Any], plan: dependencies.Plan | None = None) -> Keyed | None:
+    """What the concurrency gate needs of a task with a key; None without one."""
+    if row.get("concurrency_key") is None:
+        return None
+    # A payload secret is never stored (decision 0090), so such a task cannot wait for a slot.
+    no_secret = valid.stored_payload is None or valid.stored_payload == valid.payload
+    return Keyed(str(row["id"]), 1, str(row["concurrency_key"]), int(row["max_concurrency"]),
+                 priority_rank(str(row["priority"])), first_stage_message(valid, row, plan).model_dump(mode="json"),
+                 can_wait=no_secret)
+
+
+def busy_key(row: dict[str, Any]) -> Conflict:
+    return Conflict(f"concurrency key {visible_key(row['concurrency_key'])!r} is at its limit and this task "
+                    "cannot wait for it: its payload holds a secret, which is never stored; retry later")
+
+
+async def _take_slots(conn: AsyncConnection, items: Sequence[_Owned], rows: list[dict[str, Any]],
+                      candidates: list[int], results: list[AdmissionResult | None]) -> set[str]:
+    """Tasks over their key's limit get their answer now (queued, not published); answers
+    the ids of those refused (their rows are deleted)."""
+    entries = {i: k for i in candidates if (k := keyed(items[i][0], rows[i])) is not None}
+    if not entries:
+        return set()  # the plain path: no query
+    outcomes = await concurrency_keys.take(conn, list(entries.values()))
+    withdrawn = set()
+    for i, entry in entries.items():
+        if outcomes[entry.task_id] == "waiting":
+            results[i] = Admitted(rows[i], created=True)
+        elif outcomes[entry.task_id] == "refused":
+            results[i] = busy_key(rows[i])
+            withdrawn.add(entry.task_id)
+    return withdrawn
+
+
 def _count(waiting: _Waiting, results: Sequence[AdmissionResult]) -> None:
     for (valid, _), result in zip(waiting.items, results, strict=True):
         if isinstance(result, Admitted) and result.created:
@@ -294,6 +335,7 @@ def _count(waiting: _Waiting, results: Sequence[AdmissionResult]) -> None:
 def task_row(valid: ValidTask, idempotency_key: str | None, owner: str, now: datetime) -> dict[str, Any]:
     request = valid.request
     due_at = request.due_at(now)
+    concurrency = valid.concurrency(owner)
     return {
         "id": new_task_id(),
         "run": 1,
@@ -317,6 +359,8 @@ def task_row(valid: ValidTask, idempotency_key: str | None, owner: str, now: dat
         "created_by": owner,
         "run_at": due_at,
         "unique_key": request.unique_key,
+        "concurrency_key": concurrency[0] if concurrency else None,
+        "max_concurrency": concurrency[1] if concurrency else None,
     }
 
 

@@ -43,14 +43,14 @@ _INSERT_SQL = """
 INSERT INTO tasks AS t (
     id, run, task_type, kb_id, payload, priority, retry_limit, timeout_seconds, callback_url, status,
     progress, stage, attempts, created_at, updated_at, idempotency_key, request_hash, created_by, run_at,
-    unique_key)
+    unique_key, concurrency_key, max_concurrency)
 SELECT r.id, 1, r.task_type, r.kb_id, r.payload, r.priority, r.retry_limit, r.timeout_seconds, r.callback_url,
        r.status, 0, r.stage, 0, r.created_at, r.created_at, r.idempotency_key, r.request_hash, r.created_by,
-       r.run_at, r.unique_key
+       r.run_at, r.unique_key, r.concurrency_key, r.max_concurrency
 FROM jsonb_to_recordset(CAST({rows} AS jsonb)) AS r(
     id uuid, task_type text, kb_id text, payload jsonb, priority text, retry_limit int, timeout_seconds float8,
     callback_url text, status text, stage text, created_at timestamptz, idempotency_key text, request_hash text,
-    created_by text, run_at timestamptz, unique_key text)
+    created_by text, run_at timestamptz, unique_key text, concurrency_key text, max_concurrency int)
 -- Keys in one order in every transaction: two open at once never deadlock on them.
 ORDER BY r.created_by, r.idempotency_key
 -- Idempotency keys are per owner (API key): another owner's key is another namespace.

@@ -15,9 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.api import dependencies
 from services.api import task_repository as repo
-from services.api.admission import first_stage_message, task_row
+from services.api.admission import busy_key, first_stage_message, keyed, task_row
 from services.api.workflow_request import WorkflowPlan
-from shared import metrics
+from shared import concurrency_keys, metrics
 from shared.amqp.publisher import Publisher
 from shared.db.errors import DB_ERRORS
 from shared.db.models import workflow_tasks
@@ -86,6 +86,12 @@ async def admit_workflow(
             ])
             await conn.execute(insert(workflow_tasks), [
                 {"workflow_id": workflow_id, "ref": ref, "task_id": task_id} for ref, task_id in ids.items()])
+            # A root over its concurrency key's limit waits, queued, for a slot (decision 0160).
+            gated = [k for v, r in roots if (k := keyed(v, r)) is not None]
+            slots = await concurrency_keys.take(conn, gated)
+            if "refused" in slots.values():
+                raise _Refused(busy_key(next(r for _, r in roots if slots.get(str(r["id"])) == "refused")))
+            roots = [(v, r) for v, r in roots if slots.get(str(r["id"]), "granted") == "granted"]
             outcomes = await asyncio.gather(*(publisher.task(first_stage_message(v, r)) for v, r in roots),
                                             return_exceptions=True)
             refused = next((o for o in outcomes if isinstance(o, BaseException)), None)

@@ -5,7 +5,9 @@ The publisher claims rows (`FOR UPDATE SKIP LOCKED`, so several dispatchers
 share them), deletes them, publishes each task to its first stage with
 confirms, and commits; a publish the broker refused puts its row back. A crash
 before the commit leaves the rows for the next claim. A task cancelled after
-its release is dropped here, never published.
+its release is dropped here, never published. A task with a concurrency key
+takes a slot here or waits for one (`shared/concurrency_keys.py`); tasks
+granted a slot when another ended come through this outbox too.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import orjson
 from loguru import logger
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shared import metrics
+from shared import concurrency_keys, metrics
 from shared.amqp.publisher import Publisher
+from shared.concurrency_keys import Keyed, priority_rank
 from shared.db.errors import DB_ERRORS
 from shared.messages import TaskMessage
 from shared.runtime import stop_task
@@ -35,7 +38,8 @@ WITH due AS (
 ), gone AS (
     DELETE FROM task_releases AS r USING due WHERE r.task_id = due.task_id RETURNING r.task_id, r.message
 )
-SELECT CAST(g.task_id AS text) AS task_id, g.message, t.status
+SELECT CAST(g.task_id AS text) AS task_id, g.message, t.status, t.run, t.priority, t.concurrency_key,
+       t.max_concurrency
 FROM gone AS g LEFT JOIN tasks AS t ON t.id = g.task_id
 """)
 
@@ -69,7 +73,7 @@ class ReleasePublisher:
         while True:
             published = 0
             try:
-                published = await self.publish_due()
+                published = await self.publish_due() or await self._repair_slots()
                 if not published:
                     async with self._engine.connect() as conn:
                         metrics.tasks_waiting_count.set((await conn.execute(_WAITING)).scalar_one())
@@ -90,6 +94,7 @@ class ReleasePublisher:
             for r in rows:
                 if r.status != "queued":
                     logger.bind(task_id=r.task_id).info("dropping the release of a task now {}", r.status)
+            runnable = await _take_slots(conn, runnable)
             outcomes = await asyncio.gather(
                 *(self._publisher.task(self._message(r.message)) for r in runnable), return_exceptions=True)
             refused = [r for r, outcome in zip(runnable, outcomes, strict=True) if isinstance(outcome, BaseException)]
@@ -105,6 +110,14 @@ class ReleasePublisher:
                 logger.bind(task_id=r.task_id).debug("released: every parent settled")
         return published
 
+    async def _repair_slots(self) -> int:
+        """When idle: the concurrency keys' safety net (decision 0160); answers the tasks it released."""
+        async with self._engine.begin() as conn:
+            released = await concurrency_keys.repair(conn)
+        if released:
+            logger.warning("concurrency keys: released {} task(s) whose key had a free slot", len(released))
+        return len(released)
+
     def _message(self, body: dict[str, Any]) -> TaskMessage:
         context = body.get("context") or {}
         parents = context.get("parents") or {}
@@ -114,3 +127,14 @@ class ReleasePublisher:
                        "parents_truncated": True}
             body = {**body, "context": context}
         return TaskMessage.model_validate(body)
+
+
+async def _take_slots(conn: AsyncConnection, rows: list[Any]) -> list[Any]:
+    """A released task with a concurrency key takes a slot first, or waits for one (decision
+    0160); a task granted a slot (moved here when one freed) already holds it."""
+    keyed = [Keyed(r.task_id, r.run, r.concurrency_key, r.max_concurrency, priority_rank(r.priority), r.message)
+             for r in rows if r.concurrency_key is not None]
+    if not keyed:
+        return rows
+    outcomes = await concurrency_keys.take(conn, keyed)
+    return [r for r in rows if outcomes.get(r.task_id, "granted") == "granted"]

@@ -17,8 +17,9 @@ from loguru import logger
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import metrics
+from shared import concurrency_keys, metrics
 from shared.amqp.publisher import Publisher
+from shared.concurrency_keys import Keyed, priority_rank
 from shared.db.errors import DB_ERRORS
 from shared.messages import TaskMessage
 
@@ -26,7 +27,8 @@ from shared.messages import TaskMessage
 RELEASE_BATCH = 200
 
 _DUE = text("""
-SELECT CAST(d.task_id AS text) AS task_id, d.message, t.status
+SELECT CAST(d.task_id AS text) AS task_id, d.message, t.status, t.run, t.priority, t.concurrency_key,
+       t.max_concurrency
 FROM delayed_tasks d LEFT JOIN tasks t ON t.id = d.task_id
 WHERE d.due_at <= clock_timestamp()
 ORDER BY d.due_at
@@ -102,6 +104,12 @@ class DelayedRelease(PollingLoop):
             if not rows:
                 return 0
             live = [r for r in rows if r.status == "scheduled"]
+            # Over its concurrency key's limit: queued now, published when a slot frees (decision 0160).
+            slots = await concurrency_keys.take(conn, [
+                Keyed(r.task_id, r.run, r.concurrency_key, r.max_concurrency, priority_rank(r.priority), r.message)
+                for r in live if r.concurrency_key is not None])
+            waiting = [r.task_id for r in live if slots.get(r.task_id) == "waiting"]
+            live = [r for r in live if slots.get(r.task_id, "granted") == "granted"]
             messages = [TaskMessage.model_validate(r.message) for r in live]
             outcomes = await asyncio.gather(*(self._publisher.task(m) for m in messages), return_exceptions=True)
             released = []
@@ -112,8 +120,8 @@ class DelayedRelease(PollingLoop):
                     released.append(message.task_id)
                     metrics.tasks_released_total.labels("delay").inc()
             dropped = [r.task_id for r in rows if r.status != "scheduled"]  # cancelled (or gone) while scheduled
-            await conn.execute(_FLIP, {"ids": released})
-            await conn.execute(_FORGET, {"ids": released + dropped})
+            await conn.execute(_FLIP, {"ids": released + waiting})
+            await conn.execute(_FORGET, {"ids": released + dropped + waiting})
         if released:
             logger.debug("released {} delayed task(s)", len(released))
         return len(rows)

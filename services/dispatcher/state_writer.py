@@ -4,8 +4,9 @@ The batch travels as one JSON parameter (`jsonb_to_recordset`), is upserted
 under the monotonic rules of `state_fold.py`, and the callback outbox rows for
 tasks that just ended are inserted by the same statement, so a callback exists
 exactly when its terminal state committed. A batch that ends tasks also settles
-their dependants and closes finished workflows in the same transaction
-(`dependencies.py`, `workflow_ends.py`).
+their dependants, closes finished workflows and hands their concurrency slots
+on in the same transaction (`dependencies.py`, `workflow_ends.py`,
+`shared/concurrency_keys.py`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.dispatcher import dependencies, workflow_ends
 from services.dispatcher.state_fold import TaskDelta
+from shared import concurrency_keys
 from shared.status import TaskStatus
 
 _RANK = "CASE {} WHEN 'waiting' THEN -1 WHEN 'scheduled' THEN -1 WHEN 'queued' THEN 0 WHEN 'processing' THEN 1 ELSE 2 END"
@@ -91,7 +93,9 @@ FROM up
 _LINKS = text("""
 SELECT EXISTS (SELECT 1 FROM task_edges WHERE parent_id = ANY(CAST(:ids AS uuid[])) AND NOT settled)
        OR EXISTS (SELECT 1 FROM waiting_tasks WHERE task_id = ANY(CAST(:ids AS uuid[]))) AS children,
-       EXISTS (SELECT 1 FROM workflow_tasks WHERE task_id = ANY(CAST(:ids AS uuid[]))) AS workflows
+       EXISTS (SELECT 1 FROM workflow_tasks WHERE task_id = ANY(CAST(:ids AS uuid[]))) AS workflows,
+       EXISTS (SELECT 1 FROM concurrency_slots WHERE task_id = ANY(CAST(:ids AS uuid[])))
+       OR EXISTS (SELECT 1 FROM concurrency_waiting WHERE task_id = ANY(CAST(:ids AS uuid[]))) AS keyed
 """)
 
 _CANCELLED_AMONG = text("""
@@ -137,8 +141,8 @@ class TaskStateWriter:
                     await conn.execute(_REQUEUE, {"batch": requeues})
                 rows = (await conn.execute(_UPSERT, params)).all()
                 ended, stale = self._outcome(deltas, rows, await self._stale_cancelled(conn, deltas, rows))
-                settled, workflow_callbacks = await self._settle_links(conn, ended)
-            if settled.released:
+                settled, workflow_callbacks, granted = await self._settle_links(conn, ended)
+            if settled.released or granted:
                 self._on_released()
             if workflow_callbacks:
                 self._on_workflows_closed()
@@ -147,14 +151,20 @@ class TaskStateWriter:
             rows = (await conn.execute(_UPSERT, params)).all()
             return self._outcome(deltas, rows, await self._stale_cancelled(conn, deltas, rows))
 
-    async def _settle_links(self, conn: AsyncConnection, ended: list[Ended]) -> tuple[dependencies.Settled, int]:
-        """Dependants and workflows of the tasks that just ended (`ended` grows by
+    async def _settle_links(
+        self, conn: AsyncConnection, ended: list[Ended]
+    ) -> tuple[dependencies.Settled, int, int]:
+        """Dependants, workflows and concurrency slots of the tasks that just ended (`ended` grows by
         the tasks a failed parent cancelled). A new statement, so it sees edges an
         admission committed while the upsert waited for its parent's row lock."""
         nothing = dependencies.Settled([], [])
         if not ended:
-            return nothing, 0
+            return nothing, 0, 0
         probe = (await conn.execute(_LINKS, {"ids": [e.task_id for e in ended]})).one()
+        granted = 0
+        if probe.keyed:
+            # Their concurrency slots go to the next waiting tasks of their keys (decision 0160).
+            granted = len(await concurrency_keys.free(conn, [e.task_id for e in ended]))
         settled = nothing
         if probe.children:
             settled = await dependencies.settle(
@@ -162,9 +172,9 @@ class TaskStateWriter:
             ended.extend(Ended(c.task_id, TaskStatus.CANCELLED, c.task_type, c.callback_queued)
                          for c in settled.cancelled)
         if not probe.workflows and not settled.cancelled:
-            return settled, 0
+            return settled, 0, granted
         return settled, await workflow_ends.close_finished(
-            conn, [e.task_id for e in ended], default_callback_url=self._default_callback_url)
+            conn, [e.task_id for e in ended], default_callback_url=self._default_callback_url), granted
 
     @staticmethod
     def _outcome(deltas: Sequence[TaskDelta], rows: Sequence[Any],

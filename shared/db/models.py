@@ -11,6 +11,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     MetaData,
@@ -57,6 +58,9 @@ tasks = Table(
     Column("created_by", Text, nullable=False, server_default="anonymous"),
     Column("run_at", DateTime(timezone=True)),  # a delayed task's due time (status 'scheduled' until then)
     Column("unique_key", Text),
+    # The scoped key whose slots this task takes, and its limit (decision 0160).
+    Column("concurrency_key", Text),
+    Column("max_concurrency", Integer),
     CheckConstraint(f"status IN {TASK_STATUSES}", name="ck_tasks_status"),
     CheckConstraint("progress BETWEEN 0 AND 100", name="ck_tasks_progress"),
     Index("ux_tasks_owner_idempotency_key", "created_by", "idempotency_key", unique=True,
@@ -190,6 +194,32 @@ unique_keys = Table(
     Column("unique_key", Text, primary_key=True),
     Column("task_id", UUID(as_uuid=False), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+
+# Concurrency keys (decision 0160): a task run holding one of its key's slots, from its
+# release until its terminal state commits ...
+concurrency_slots = Table(
+    "concurrency_slots",
+    metadata,
+    Column("task_id", UUID(as_uuid=False), ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True),
+    Column("run", Integer, nullable=False),
+    Column("key", Text, nullable=False),
+    Column("acquired_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Index("ix_concurrency_slots_key", "key"),
+)
+
+# ... and the tasks over their key's limit (status `queued`), with the message to publish.
+concurrency_waiting = Table(
+    "concurrency_waiting",
+    metadata,
+    Column("task_id", UUID(as_uuid=False), ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True),
+    Column("seq", BigInteger, Identity(always=True), nullable=False),
+    Column("run", Integer, nullable=False),
+    Column("key", Text, nullable=False),
+    Column("max_concurrency", Integer, nullable=False),
+    Column("priority", SmallInteger, nullable=False),
+    Column("message", JSONB, nullable=False),
+    Index("ix_concurrency_waiting_order", "key", text("priority DESC"), "seq"),
 )
 
 # Periodic schedules (docs/scheduler.md); `next_fire_at` is the first firing not yet made.

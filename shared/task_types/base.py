@@ -66,6 +66,9 @@ class TaskType:
     stages: tuple[str, ...] = ("default",)
     requires_kb_id: bool = False
     handler: Handler | None = None
+    # The concurrency key every task of this type takes (max 1), from its validated payload
+    # (JSON) and kb_id; clients cannot replace it (decision 0160). None: no default key.
+    default_concurrency_key: Callable[[Mapping[str, Any], str | None], str] | None = None
 
     def __post_init__(self) -> None:
         if self.stages == ("default",) and self.handler is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from shared.task_types.base import Payload, TaskType
-from shared.task_types.document_processing import DOCUMENT_ID_PATTERN
+from shared.task_types.document_processing import DOCUMENT_ID_PATTERN, document_key
 
 
 class DocumentDeletionPayload(Payload):
@@ -24,4 +24,5 @@ TASK_TYPE = TaskType(
     description="Deletes a document's chunks from the knowledge base (atomically; ordered with its re-processing).",
     stages=("store",),
     requires_kb_id=True,
+    default_concurrency_key=lambda payload, kb_id: document_key(kb_id, payload),
 )

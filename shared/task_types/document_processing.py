@@ -8,6 +8,8 @@ standard library only.
 
 from __future__ import annotations
 
+import posixpath
+from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import Annotated, Any
 
@@ -23,6 +25,16 @@ MIN_CHUNK_SIZE = 100
 MAX_CHUNK_SIZE = 8000
 DEFAULT_CHUNK_SIZE = 1000
 DEFAULT_CHUNK_OVERLAP = 200
+
+
+def document_key(kb_id: str | None, payload: Mapping[str, Any]) -> str:
+    """The per-document concurrency key (decision 0160): two runs on one document never
+    interleave. Named as the document is: its document_id, else its file_ref (the default
+    document id of an upload); a file_path without document_id is keyed by its path."""
+    name = payload.get("document_id") or payload.get("file_ref")
+    if name is None:
+        name = "path:" + posixpath.normpath(str(payload.get("file_path")))
+    return f"document:{kb_id}:{name}"
 
 
 class DocumentProcessingPayload(Payload):
@@ -101,4 +113,5 @@ TASK_TYPE = TaskType(
     "the chunks and stores them in the knowledge base, replacing the document's previous chunks.",
     stages=PIPELINE_STAGES,
     requires_kb_id=True,
+    default_concurrency_key=lambda payload, kb_id: document_key(kb_id, payload),
 )

@@ -1,0 +1,95 @@
+"""Concurrency keys (decision 0160): at most `max_concurrency` tasks of one key run
+at once; the others wait `queued` in PostgreSQL, not in the broker. Overlap is
+judged on the started and finished times the database recorded.
+(The per-document default key: tests/pipeline/test_pipeline.py.)"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+from sqlalchemy import text
+
+from shared.db.engine import create_engine
+from tests.conftest import FleetFactory
+from tests.support.api import ApiClient
+from tests.support.fleet import Fleet, standard
+
+
+def _most_at_once(tasks: list[dict[str, Any]]) -> int:
+    """The most runs that were between started_at and finished_at at one moment."""
+    moments = sorted([(datetime.fromisoformat(t["started_at"]), 1) for t in tasks]
+                     + [(datetime.fromisoformat(t["finished_at"]), -1) for t in tasks])  # an end sorts first
+    running = most = 0
+    for _, step in moments:
+        running += step
+        most = max(most, running)
+    return most
+
+
+async def _run_keyed(api: ApiClient, count: int, limit: int, seconds: float) -> list[dict[str, Any]]:
+    key = f"k-{uuid.uuid4()}"
+    status, created = await api.call("POST", "/api/v1/tasks/batch", json={"tasks": [
+        {"task_type": "sleep", "payload": {"seconds": seconds}, "concurrency_key": key, "max_concurrency": limit}
+        for _ in range(count)]})
+    assert status == 201, created
+    ids = [item["task_id"] for item in created["results"]]
+    first = await api.wait_for(ids[0], {"processing", "completed"}, timeout=20)
+    if first["status"] == "processing":  # the rest wait queued (not processing) meanwhile
+        assert (await api.get(ids[-1]))["status"] == "queued"
+    done = [await api.wait_for(task_id, timeout=30) for task_id in ids]
+    assert all(t["status"] == "completed" for t in done), done
+    return done
+
+
+async def test_a_key_with_limit_1_runs_its_tasks_one_at_a_time(api: ApiClient) -> None:
+    # The session worker has 8 slots: without the key these would all run at once.
+    assert _most_at_once(await _run_keyed(api, count=4, limit=1, seconds=0.4)) == 1
+
+
+async def test_a_key_with_limit_2_runs_two_at_a_time_never_three(api: ApiClient) -> None:
+    assert _most_at_once(await _run_keyed(api, count=6, limit=2, seconds=0.5)) == 2
+
+
+async def test_keys_are_checked_at_submission(api: ApiClient) -> None:
+    status, body = await api.call("POST", "/api/v1/tasks", json={"task_type": "echo", "max_concurrency": 2})
+    assert status == 422 and body["error"]["details"][0]["field"] == "max_concurrency", body
+    status, body = await api.call("POST", "/api/v1/tasks", json={
+        "task_type": "document_deletion", "kb_id": "kb_1", "payload": {"document_id": "d"}, "concurrency_key": "x"})
+    assert status == 422 and body["error"]["details"][0]["field"] == "concurrency_key", body
+
+
+async def _slots(fleet: Fleet) -> tuple[int, int]:
+    engine = create_engine(fleet.environment.postgres)
+    try:
+        async with engine.connect() as conn:
+            row = (await conn.execute(text("SELECT (SELECT count(*) FROM concurrency_slots) AS held, "
+                                           "(SELECT count(*) FROM concurrency_waiting) AS waiting"))).one()
+    finally:
+        await engine.dispose()
+    return row.held, row.waiting
+
+
+async def test_a_worker_killed_holding_a_slot_hands_it_on_through_its_task(
+    fleet_factory: FleetFactory, http: aiohttp.ClientSession
+) -> None:
+    fleet = await fleet_factory(standard)
+    api = ApiClient(fleet.api_url, http)
+    key = {"concurrency_key": "lock", "max_concurrency": 1}
+    holder = await api.submit({"task_type": "sleep", "payload": {"seconds": 1.5}, **key})
+    waiter = await api.submit({"task_type": "sleep", "payload": {"seconds": 0.1}, **key})
+    await api.wait_for(holder["task_id"], {"processing"}, timeout=15)
+    assert await _slots(fleet) == (1, 1)
+    worker = fleet.process("worker-default")
+    worker.kill()  # SIGKILL: the broker hands the holder's delivery back at once; the run keeps its slot
+    fleet.processes.remove(worker)
+    await fleet.start(fleet.add_worker())
+
+    done_waiter = await api.wait_for(waiter["task_id"], timeout=30)
+    done_holder = await api.get(holder["task_id"])
+    assert done_holder["status"] == done_waiter["status"] == "completed", (done_holder, done_waiter)
+    # The holder ran again to its end before the waiter started: the lock was never broken.
+    assert _most_at_once([done_holder, done_waiter]) == 1
+    assert await _slots(fleet) == (0, 0)
