@@ -41,6 +41,7 @@ async def _run_keyed(api: ApiClient, count: int, limit: int, seconds: float) -> 
         assert (await api.get(ids[-1]))["status"] == "queued"
     done = [await api.wait_for(task_id, timeout=30) for task_id in ids]
     assert all(t["status"] == "completed" for t in done), done
+    assert done[0]["concurrency_key"] == key and done[0]["max_concurrency"] == limit
     return done
 
 

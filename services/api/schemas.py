@@ -73,6 +73,9 @@ class TaskView(_Body):
     callback: CallbackState | None = Field(default=None, description="Present once a callback is due.")
     cancel_requested: bool | None = Field(default=None, description="Set on a 202 answer to a cancel.")
     run_at: datetime | None = Field(default=None, description="When a delayed task is (or was) due.")
+    concurrency_key: str | None = Field(
+        default=None, description="The key whose slots this task takes (a document task's is its document's).")
+    max_concurrency: int | None = Field(default=None, description="That key's limit as this task sees it.")
 
 
 class TaskPage(_Body):

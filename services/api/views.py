@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from services.api.schemas import CallbackState, TaskCreated, TaskView
 from services.api.task_repository import TaskRow
+from shared.concurrency_keys import visible_key
 
 _TASK_FIELDS = (
     "task_type", "kb_id", "status", "progress", "stage", "priority", "attempts", "retry_limit", "run", "created_at",
@@ -25,6 +26,8 @@ def task_created_view(row: TaskRow, created: bool | None = None) -> TaskCreated:
 
 def task_view(row: TaskRow, **extra: object) -> TaskView:
     fields: dict[str, object] = {name: row[name] for name in _TASK_FIELDS}
+    fields["concurrency_key"] = visible_key(row.get("concurrency_key"))
+    fields["max_concurrency"] = row.get("max_concurrency")
     if "callback_state" in row and row["callback_state"] is not None:
         fields["callback"] = CallbackState(
             state=row["callback_state"], attempts=row["callback_attempts"], last_error=row["callback_last_error"]

@@ -40,6 +40,8 @@ FROM tasks
 WHERE status IN ('queued', 'processing')
   AND updated_at < now() - make_interval(secs => :stale)
   AND (next_attempt_at IS NULL OR next_attempt_at < now() - make_interval(secs => :stale))
+  -- Waiting for a concurrency slot: its message is in PostgreSQL, not lost (decision 0160).
+  AND NOT EXISTS (SELECT 1 FROM concurrency_waiting w WHERE w.task_id = tasks.id)
 ORDER BY updated_at
 LIMIT :limit
 """)

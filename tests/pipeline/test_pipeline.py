@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 
 import aiohttp
@@ -64,6 +65,20 @@ async def test_reprocessing_unchanged_text_reuses_cached_vectors_and_replaces_ch
     assert again["result"]["document_id"] == first["result"]["document_id"]
     assert again["result"]["embedding"]["cached"] == count and again["result"]["embedding"]["computed"] == 0
     assert again["result"]["replaced_chunks"] == first["result"]["chunk_count"] == count
+
+
+async def test_two_runs_on_one_document_never_interleave(api: ApiClient) -> None:
+    """Document tasks take the per-document concurrency key (decision 0160): the deletion
+    waits, queued, until the processing run ended, though the store worker is idle."""
+    processing = await api.submit(document("kb_keyed", "md-pypdf-extract-text.md", document_id="handbook"))
+    deletion = await api.submit({"task_type": "document_deletion", "kb_id": "kb_keyed",
+                                 "payload": {"document_id": "handbook"}})
+    assert (await api.get(deletion["task_id"]))["status"] == "queued"
+    first = await api.wait_for(processing["task_id"], timeout=120)
+    second = await api.wait_for(deletion["task_id"], timeout=30)
+    assert first["status"] == second["status"] == "completed", (first, second)
+    assert second["concurrency_key"] == "document:kb_keyed:handbook" and second["max_concurrency"] == 1
+    assert datetime.fromisoformat(second["started_at"]) >= datetime.fromisoformat(first["finished_at"])
 
 
 async def test_progress_moves_forward_through_the_stages_with_an_estimate(api: ApiClient) -> None:

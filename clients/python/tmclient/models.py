@@ -70,6 +70,8 @@ class Task(Model):
     result: Any = None
     error: dict[str, Any] | None
     run_at: datetime | None = None  # a delayed task's due time
+    concurrency_key: str | None = None  # the key whose slots it takes (docs/scheduler.md)
+    max_concurrency: int | None = None
     callback: CallbackState | None = None
     cancel_requested: bool | None = None
 
