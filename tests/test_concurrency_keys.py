@@ -16,6 +16,7 @@ from shared.db.engine import create_engine
 from tests.conftest import FleetFactory
 from tests.support.api import ApiClient
 from tests.support.fleet import Fleet, standard
+from tests.support.metrics import metrics_url, scrape
 
 
 def _most_at_once(tasks: list[dict[str, Any]]) -> int:
@@ -76,17 +77,19 @@ async def _slots(fleet: Fleet) -> tuple[int, int]:
 async def test_a_worker_killed_holding_a_slot_hands_it_on_through_its_task(
     fleet_factory: FleetFactory, http: aiohttp.ClientSession
 ) -> None:
-    fleet = await fleet_factory(standard)
+    fleet = await fleet_factory(lambda f: (standard(f), f.add_worker(name="worker-spare")))
     api = ApiClient(fleet.api_url, http)
     key = {"concurrency_key": "lock", "max_concurrency": 1}
     holder = await api.submit({"task_type": "sleep", "payload": {"seconds": 1.5}, **key})
     waiter = await api.submit({"task_type": "sleep", "payload": {"seconds": 0.1}, **key})
     await api.wait_for(holder["task_id"], {"processing"}, timeout=15)
     assert await _slots(fleet) == (1, 1)
-    worker = fleet.process("worker-default")
-    worker.kill()  # SIGKILL: the broker hands the holder's delivery back at once; the run keeps its slot
-    fleet.processes.remove(worker)
-    await fleet.start(fleet.add_worker())
+    workers = [fleet.process("worker-default"), fleet.process("worker-spare")]
+    busy = [w for w in workers
+            if (await scrape(http, metrics_url(w))).value("worker_pool_active_count", stage="default") == 1]
+    assert len(busy) == 1
+    busy[0].kill()  # SIGKILL: the broker hands the delivery to the other worker; the run keeps its slot
+    fleet.processes.remove(busy[0])
 
     done_waiter = await api.wait_for(waiter["task_id"], timeout=30)
     done_holder = await api.get(holder["task_id"])
@@ -94,3 +97,32 @@ async def test_a_worker_killed_holding_a_slot_hands_it_on_through_its_task(
     # The holder ran again to its end before the waiter started: the lock was never broken.
     assert _most_at_once([done_holder, done_waiter]) == 1
     assert await _slots(fleet) == (0, 0)
+
+
+async def test_a_task_cancelled_while_waiting_for_its_key_gives_its_place_up(api: ApiClient, fleet: Fleet) -> None:
+    key = {"concurrency_key": f"k-{uuid.uuid4()}"}
+    holder = await api.submit({"task_type": "sleep", "payload": {"seconds": 1}, **key})
+    waiter = await api.submit({"task_type": "sleep", "payload": {"seconds": 1}, **key})
+    last = await api.submit({"task_type": "echo", **key})
+    status, cancelled = await api.call("DELETE", f"/api/v1/tasks/{waiter['task_id']}")
+    assert status in (200, 202) and (await api.wait_for(waiter["task_id"]))["status"] == "cancelled", cancelled
+    done = [await api.wait_for(t["task_id"]) for t in (holder, last)]
+    assert [t["status"] for t in done] == ["completed", "completed"] and _most_at_once(done) == 1
+    assert (await api.get(waiter["task_id"]))["started_at"] is None
+
+
+async def test_a_document_task_with_a_secret_is_refused_rather_than_stored_while_its_document_is_busy(
+    api: ApiClient,
+) -> None:
+    # The session fleet runs no pipeline worker: the first run holds the document's slot.
+    kb, body = f"kb_{uuid.uuid4().hex[:8]}", {"file_path": "a.pdf", "document_id": "doc"}
+    first = await api.submit({"task_type": "document_processing", "kb_id": kb, "payload": body})
+    status, refused = await api.call("POST", "/api/v1/tasks", json={
+        "task_type": "document_processing", "kb_id": kb, "payload": {**body, "password": "s3cret"}})
+    assert status == 409 and "secret" in refused["error"]["message"], refused
+    other = await api.submit({"task_type": "document_deletion", "kb_id": kb, "payload": {"document_id": "doc"}})
+    waiting = await api.get(other["task_id"])
+    assert waiting["status"] == "queued" and waiting["concurrency_key"] == f"document:{kb}:doc", waiting
+    for task in (other, first):  # the waiting one first: cancelling the holder would release it
+        await api.call("DELETE", f"/api/v1/tasks/{task['task_id']}")
+        assert (await api.wait_for(task["task_id"]))["status"] == "cancelled"
