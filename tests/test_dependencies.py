@@ -63,6 +63,13 @@ async def test_a_diamond_joins_both_branches(api: ApiClient) -> None:
     assert done["result"]["results"][right["task_id"]] == {"n": 2}
     for branch in (left, right):
         assert done["started_at"] >= (await api.get(branch["task_id"]))["finished_at"]
+    # The read shows the parents (oldest first), in a single read and in the list.
+    assert done["depends_on"] == [left["task_id"], right["task_id"]]
+    assert (await api.get(top["task_id"]))["depends_on"] == []
+    status, page = await api.call("GET", "/api/v1/tasks", params={"task_type": "gather", "limit": 50})
+    assert status == 200
+    listed = {t["task_id"]: t["depends_on"] for t in page["items"]}
+    assert listed[join["task_id"]] == [left["task_id"], right["task_id"]]
 
 
 async def test_a_failed_parent_cancels_its_waiting_descendants_unless_they_run_anyway(api: ApiClient) -> None:

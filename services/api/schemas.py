@@ -76,6 +76,9 @@ class TaskView(_Body):
     concurrency_key: str | None = Field(
         default=None, description="The key whose slots this task takes (a document task's is its document's).")
     max_concurrency: int | None = Field(default=None, description="That key's limit as this task sees it.")
+    depends_on: list[str] = Field(
+        default_factory=list, description="The parent task ids this task waited (or waits) for, oldest first; "
+        "empty for a task without parents.")
 
 
 class TaskPage(_Body):

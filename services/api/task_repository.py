@@ -106,6 +106,20 @@ async def get_task(conn: AsyncConnection, task_id: str, *, scope: KbScope) -> Ta
     return row._mapping if row else None
 
 
+# Parents in id order: ids are UUIDv7, so that is the order they were submitted in.
+_PARENTS = text("""
+SELECT CAST(child_id AS text) AS child_id, array_agg(CAST(parent_id AS text) ORDER BY parent_id) AS parents
+FROM task_edges WHERE child_id = ANY(CAST(:ids AS uuid[])) GROUP BY child_id
+""")
+
+
+async def parents_of(conn: AsyncConnection, task_ids: Sequence[str]) -> dict[str, list[str]]:
+    """Each task's `depends_on` (one indexed lookup for a page of tasks; absent: no parents)."""
+    if not task_ids:
+        return {}
+    return {row.child_id: list(row.parents) for row in await conn.execute(_PARENTS, {"ids": list(task_ids)})}
+
+
 async def list_tasks(
     conn: AsyncConnection, task_filter: TaskFilter, *, limit: int, before_id: str | None, scope: KbScope
 ) -> list[TaskRow]:

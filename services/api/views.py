@@ -24,10 +24,12 @@ def task_created_view(row: TaskRow, created: bool | None = None) -> TaskCreated:
     return TaskCreated(task_id=str(row["id"]), status=row["status"], created_at=row["created_at"], **extra)
 
 
-def task_view(row: TaskRow, **extra: object) -> TaskView:
+def task_view(row: TaskRow, depends_on: list[str] | None = None, **extra: object) -> TaskView:
     fields: dict[str, object] = {name: row[name] for name in _TASK_FIELDS}
     fields["concurrency_key"] = visible_key(row.get("concurrency_key"))
     fields["max_concurrency"] = row.get("max_concurrency")
+    if depends_on is not None:  # reads that looked the parents up show them, even when there are none
+        fields["depends_on"] = depends_on
     if "callback_state" in row and row["callback_state"] is not None:
         fields["callback"] = CallbackState(
             state=row["callback_state"], attempts=row["callback_attempts"], last_error=row["callback_last_error"]

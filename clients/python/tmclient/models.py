@@ -72,6 +72,7 @@ class Task(Model):
     run_at: datetime | None = None  # a delayed task's due time
     concurrency_key: str | None = None  # the key whose slots it takes (docs/scheduler.md)
     max_concurrency: int | None = None
+    depends_on: list[str] = []  # parent task ids, oldest first
     callback: CallbackState | None = None
     cancel_requested: bool | None = None
 

@@ -170,7 +170,9 @@ async def submit_batch(request: web.Request) -> web.Response:
 async def get_task(request: web.Request) -> web.Response:
     task_id = request.match_info["task_id"]
     row = await _find(request, task_id)
-    return json_response(task_view(row))
+    async with request.app[ENGINE].connect() as conn:
+        parents = await repo.parents_of(conn, [task_id])
+    return json_response(task_view(row, parents.get(task_id, [])))
 
 
 @routes.get("/api/v1/tasks")
@@ -200,8 +202,9 @@ async def list_tasks(request: web.Request) -> web.Response:
     async with request.app[ENGINE].connect() as conn:
         rows = await repo.list_tasks(conn, task_filter, limit=query.limit + 1,
                                      before_id=str(query.cursor) if query.cursor else None, scope=scope)
-    page, more = rows[:query.limit], len(rows) > query.limit
-    return json_response(TaskPage(items=[task_view(r) for r in page],
+        page, more = rows[:query.limit], len(rows) > query.limit
+        parents = await repo.parents_of(conn, [str(r["id"]) for r in page])
+    return json_response(TaskPage(items=[task_view(r, parents.get(str(r["id"]), [])) for r in page],
                                   next_cursor=str(page[-1]["id"]) if more else None))
 
 
