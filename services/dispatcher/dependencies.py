@@ -29,10 +29,17 @@ WHERE parent_id = ANY(CAST(:ids AS uuid[])) AND NOT settled
 RETURNING CAST(parent_id AS text) AS parent_id, CAST(child_id AS text) AS child_id
 """)
 
+# The children's rows are locked in id order first: two dispatchers settling
+# parents of the same children lock them in one order, so neither waits on the other in a cycle.
 _COUNT_DOWN = text("""
+WITH d AS (
+    SELECT * FROM jsonb_to_recordset(CAST(:counts AS jsonb)) AS d(task_id uuid, done int, broken int)
+), locked AS (
+    SELECT w.task_id FROM waiting_tasks AS w JOIN d ON d.task_id = w.task_id ORDER BY w.task_id FOR UPDATE OF w
+)
 UPDATE waiting_tasks AS w
 SET remaining = w.remaining - d.done - CASE WHEN w.on_parent_failure = 'run' THEN d.broken ELSE 0 END
-FROM jsonb_to_recordset(CAST(:counts AS jsonb)) AS d(task_id uuid, done int, broken int)
+FROM d JOIN locked ON locked.task_id = d.task_id
 WHERE w.task_id = d.task_id
 RETURNING CAST(w.task_id AS text) AS task_id, w.remaining, w.on_parent_failure
 """).bindparams(bindparam("counts", type_=JSONB))
