@@ -47,6 +47,10 @@ async def run_attempt(
 
 
 def _error(kind: str, message: str, retryable: bool, task: TaskMessage) -> ErrorInfo:
+    shard = task.context.get("shard")
+    if isinstance(shard, dict):  # the document's error says which part of it failed
+        message = (f"pages {shard.get('first_page')}-{shard.get('last_page')} "
+                   f"(shard {int(shard.get('index', 0)) + 1} of {shard.get('count')}): {message}")
     return ErrorInfo(type=kind, message=message[:4000], retryable=retryable, stage=task.stage)
 
 

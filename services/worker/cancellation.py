@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from loguru import logger
@@ -31,7 +31,7 @@ class CancellationRegistry:
     def __init__(self, *, remember_seconds: float = 24 * 3600, max_remembered: int = 100_000) -> None:
         # task id -> (forget after, cancelled run; None: every run)
         self._cancelled: OrderedDict[str, tuple[float, int | None]] = OrderedDict()
-        self._running: dict[str, asyncio.Task[object]] = {}
+        self._running: dict[str, set[asyncio.Task[Any]]] = {}
         self._requested: set[str] = set()
         self._remember_seconds = remember_seconds
         self._max_remembered = max_remembered
@@ -82,11 +82,12 @@ class CancellationRegistry:
     def cancel(self, task_id: str, run: int | None = None) -> bool:
         """Remember the cancel; stop the attempt if it runs here. True when it was running."""
         self._remember(task_id, run)
-        running = self._running.get(task_id)
-        if running is None or running.done():
+        running = [t for t in self._running.get(task_id, ()) if not t.done()]
+        if not running:
             return False
         self._requested.add(task_id)
-        running.cancel("cancelled by request")
+        for attempt in running:
+            attempt.cancel("cancelled by request")
         return True
 
     def is_cancelled(self, task_id: str, run: int = 1) -> bool:
@@ -102,7 +103,8 @@ class CancellationRegistry:
         A timeout or shutdown cancelling the caller propagates as CancelledError;
         a cancel request surfaces as CancelledByRequest."""
         inner: asyncio.Task[T] = asyncio.ensure_future(work)
-        self._running[task_id] = inner
+        # Several shards of one task may run in this worker at once: a cancel stops them all.
+        self._running.setdefault(task_id, set()).add(inner)
         try:
             return await inner
         except asyncio.CancelledError:
@@ -111,8 +113,11 @@ class CancellationRegistry:
                 raise CancelledByRequest() from None
             raise
         finally:
-            self._running.pop(task_id, None)
-            self._requested.discard(task_id)
+            running = self._running.get(task_id, set())
+            running.discard(inner)
+            if not running:
+                self._running.pop(task_id, None)
+                self._requested.discard(task_id)
 
     def _remember(self, task_id: str, run: int | None) -> None:
         now = time.monotonic()

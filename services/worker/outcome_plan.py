@@ -127,10 +127,18 @@ def steps_for(
         return [PublishEvent(cancelled_event(task, attempt, now))]
     if isinstance(outcome, Succeeded):
         output = outcome.output
+        if output.fan_out:  # the shards of this stage, one message each (docs/decisions/0170)
+            return [ForwardTask(task.model_copy(update={"context": {**task.context, **shard}}))
+                    for shard in output.fan_out]
+        if output.hold:  # another shard of this stage is still running; the last one moves on
+            return []
         if task.next_stage is None:
             return [PublishEvent(TaskCompleted(**base, result=output.result, started_at=ctx.started_at,
                                                finished_at=now))]
         forwarded = task.forwarded(dict(output.context))
+        if "shard" in forwarded.context:  # a shard's page range ends with its stage
+            forwarded = forwarded.model_copy(update={"context": {
+                k: v for k, v in forwarded.context.items() if k != "shard"}})
         return [
             PublishEvent(TaskStageCompleted(**base, next_stage=forwarded.stage,
                                             progress=ctx.overall_progress(100), started_at=ctx.started_at,

@@ -65,6 +65,11 @@ class DocumentProcessingPayload(Payload):
     metadata: dict[str, Any] = Field(
         default_factory=dict, description="Copied onto the document and every chunk (your own ids, tags, ...)."
     )
+    shard_pages: int | None = Field(
+        default=None, ge=0, le=1_000_000,
+        description="A PDF with more pages is embedded in page-range shards run by every free embed worker. "
+        "Default: the worker's SHARD_PAGES (50); 0 never shards.",
+    )
 
     @field_validator("file_path")
     @classmethod

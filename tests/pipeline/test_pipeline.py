@@ -101,6 +101,26 @@ async def test_progress_moves_forward_through_the_stages_with_an_estimate(api: A
     assert task["result"]["pages"] == 13 and task["result"]["chunk_count"] > 20
 
 
+_CHUNKS = """SELECT chunk_index, chunk_id, content, char_start, char_end, pages, heading_path, embedding::text
+              FROM kb_chunks WHERE kb_id = $1 AND document_id = $2 ORDER BY chunk_index"""
+
+
+async def test_a_pdf_embedded_in_page_shards_equals_its_unsharded_run(api: ApiClient, db: asyncpg.Connection) -> None:
+    """13 pages in shards of 4: four embed messages any free slot takes; the last one to
+    finish moves the task on. The chunks (ids, texts, pages, vectors) are the unsharded run's."""
+    name, kb = "pdf-multipage-dpr-13p.pdf", "kb_shards"
+    sharded = await ingest(api, kb, name, document_id="dpr", shard_pages=4)
+    assert sharded["status"] == "completed", sharded["error"]
+    assert sharded["result"]["embedding"]["shards"] == 4
+    stored = await db.fetch(_CHUNKS, kb, "dpr")
+    assert len(stored) == sharded["result"]["chunk_count"] > 20
+
+    whole = await ingest(api, kb, name, document_id="dpr", shard_pages=0)
+    assert whole["status"] == "completed" and "shards" not in whole["result"]["embedding"]
+    assert whole["result"]["embedding"]["computed"] == 0  # the shards' vectors serve it from the cache
+    assert [dict(r) for r in await db.fetch(_CHUNKS, kb, "dpr")] == [dict(r) for r in stored]
+
+
 async def test_cancelling_mid_pipeline_stops_it_and_leaves_no_chunks(api: ApiClient, db: asyncpg.Connection) -> None:
     created = await api.submit(document("kb_cancel", "epub-winter-sports.epub", chunk_size=500, chunk_overlap=50))
     await api.wait_for(created["task_id"], {"processing"}, timeout=60)

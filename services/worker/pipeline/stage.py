@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -56,8 +57,10 @@ class PipelineStage(ABC):
     async def __call__(self, task: TaskMessage, ctx: AttemptContext) -> StageOutput:
         started = time.monotonic()
         output = await self.run(task, ctx)
+        if output.fan_out or output.hold:
+            return output  # the stage is not done: its shards run (the last one adds the timing)
         timings = {**task.context.get("timings", {}), self.name: round(time.monotonic() - started, 3)}
-        return StageOutput(result=output.result, context={**output.context, "timings": timings})
+        return replace(output, context={**output.context, "timings": timings})
 
     @abstractmethod
     async def run(self, task: TaskMessage, ctx: AttemptContext) -> StageOutput: ...

@@ -16,6 +16,11 @@ from shared.messages import TaskMessage
 class StageOutput:
     result: Any = None  # the task's result, when this is its last stage
     context: Mapping[str, Any] = field(default_factory=dict)  # references for the next stage
+    # Sharding (docs/decisions/0170): run this stage again as one message per context given
+    # here (any free worker of the stage takes each), instead of moving on.
+    fan_out: tuple[Mapping[str, Any], ...] = ()
+    # A shard that is not the last to finish: the task stays in this stage, nothing is forwarded.
+    hold: bool = False
 
 
 class StageHandler(Protocol):

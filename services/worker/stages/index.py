@@ -71,7 +71,8 @@ class IndexStage(PipelineStage):
             "chunking": {"unit": "characters", "chunk_size": payload.chunk_size,
                          "chunk_overlap": payload.chunk_overlap},
             "embedding": {key: embedding.get(key) for key in ("backend", "model", "dimension", "cached",
-                                                               "computed", "truncated")},
+                                                               "computed", "truncated", "shards")
+                          if key != "shards" or key in embedding},
             "stored": superseded_by is None,
             "replaced_chunks": refs.get("store", {}).get("previous_chunk_count", 0),
             "durations": {**timings, "total": round(sum(timings.values()), 3)},
