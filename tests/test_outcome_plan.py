@@ -84,6 +84,31 @@ def test_middle_stage_success_reports_then_forwards_with_the_context() -> None:
     assert (second.task.stage, second.task.context) == ("b", {"ref": "x"})
 
 
+def test_a_stage_fanning_out_publishes_one_message_per_shard_in_the_same_stage_and_nothing_else() -> None:
+    shards = ({"shard": {"index": 0, "count": 2}}, {"shard": {"index": 1, "count": 2}})
+    steps = plan(Succeeded(StageOutput(fan_out=shards)), task(stages=("a", "b")))
+    assert [(s.task.stage, s.task.context) for s in steps if isinstance(s, ForwardTask)] == [
+        ("a", shards[0]), ("a", shards[1])]
+    assert len(steps) == 2
+
+
+def test_a_shard_that_is_not_the_last_publishes_nothing_and_the_last_forwards_without_its_range() -> None:
+    shard = task(stages=("a", "b")).model_copy(update={"context": {"ref": "x", "shard": {"index": 0}}})
+    assert plan(Succeeded(StageOutput(hold=True)), shard) == []
+    _, forward = plan(Succeeded(StageOutput(context={"more": 1})), shard)
+    assert isinstance(forward, ForwardTask) and forward.task.context == {"ref": "x", "more": 1}
+
+
+def test_shard_page_ranges_cover_every_page_once() -> None:
+    from services.worker.pipeline.shards import chunk_pages, page_ranges, shard_contexts
+
+    assert page_ranges(50, 50) == [] and page_ranges(None, 50) == [] and page_ranges(500, 0) == []
+    assert page_ranges(120, 50) == [(1, 50), (51, 100), (101, 120)]
+    first, middle, last = (c["shard"] for c in shard_contexts(page_ranges(120, 50)))
+    assert chunk_pages(first) == (-1, 50) and chunk_pages(middle) == (51, 100) and chunk_pages(last)[0] == 101
+    assert chunk_pages(last)[1] >= 2**31 - 1
+
+
 def test_cancelled_attempt_publishes_only_the_cancellation() -> None:
     [step] = plan(Cancelled(), task(), attempt=2)
     assert isinstance(step, PublishEvent) and isinstance(step.event, TaskCancelled)
@@ -176,3 +201,13 @@ def test_a_copy_of_a_finished_run_is_refused_to_the_dead_letters() -> None:
     [dead] = finished_copy_steps(body, {h.ATTEMPT: 1}, stage="default")
     assert isinstance(dead, DeadLetter) and (dead.reason, dead.body, dead.stage) == ("already_finished", body, "default")
     assert dead.headers[h.DEAD_REASON] == REFUSAL
+
+
+def test_a_shards_error_names_its_pages() -> None:
+    from services.worker.attempt_runner import _error
+
+    shard = task().model_copy(update={"context": {"shard": {"index": 1, "count": 3, "first_page": 51,
+                                                             "last_page": 100}}})
+    assert _error("embedding_failed", "the endpoint said no", False, shard).message == (
+        "pages 51-100 (shard 2 of 3): the endpoint said no")
+    assert _error("embedding_failed", "the endpoint said no", False, task()).message == "the endpoint said no"
