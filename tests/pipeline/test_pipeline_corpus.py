@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,7 @@ import pytest_asyncio
 
 from shared.fleet import PIPELINE_STAGES
 from tests.support.api import ApiClient
-from tests.support.fake_embeddings import FakeEmbeddingServer
+from tests.support.fake_embeddings import FakeEmbeddingServer, Scripted
 from tests.support.pipeline import (
     PipelineFleet,
     corpus_or_skip,
@@ -299,3 +300,24 @@ async def test_reprocessing_a_document_with_new_parameters(api: ApiClient, db: a
         env=pipeline.fleet.env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["result"]["chunk_count"] == first["result"]["chunk_count"]
+
+
+async def test_a_failing_shard_fails_the_document_naming_its_pages_and_a_retry_shards_again(
+        api: ApiClient, embeddings: FakeEmbeddingServer, db: asyncpg.Connection) -> None:
+    # chunk_size 600: texts no other test here embeds, so no vector comes from the cache.
+    body = document("kb_shard_fail", "pdf-with-blank-pages-4p.pdf", shard_pages=1, chunk_size=600,
+                    chunk_overlap=100)
+    embeddings.script.append(Scripted(400, {"error": {"message": "input rejected by the endpoint"}}))
+    failed = await api.run(body, timeout=120)
+    assert failed["status"] == "failed" and failed["error"]["stage"] == "embed", (failed["error"], failed["attempts"])
+    message = failed["error"]["message"]
+    assert re.match(r"pages (\d)-\1 \(shard [14] of 4\): ", message) and "input rejected" in message, message
+    assert await db.fetchval("SELECT count(*) FROM kb_chunks WHERE kb_id = 'kb_shard_fail'") == 0
+
+    status, _ = await api.call("POST", f"/api/v1/tasks/{failed['task_id']}/retry")
+    assert status in (200, 202)
+    again = await api.wait_for(failed["task_id"], timeout=120)
+    assert again["status"] == "completed" and again["run"] == 2, again["error"]
+    assert again["result"]["embedding"]["shards"] == 4
+    assert await db.fetchval("SELECT count(*) FROM kb_chunks WHERE kb_id = 'kb_shard_fail'") == \
+        again["result"]["chunk_count"]

@@ -138,10 +138,15 @@ class _EmbeddingRun:
     async def go(self) -> None:
         queue: asyncio.Queue[list[asyncpg.Record] | None] = asyncio.Queue(maxsize=2)
         workers = self.stage.settings.embedding.concurrency + 1
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self._read(queue, workers))
-            for _ in range(workers):
-                group.create_task(self._embed(queue))
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._read(queue, workers))
+                for _ in range(workers):
+                    group.create_task(self._embed(queue))
+        except ExceptionGroup as failed:
+            # The first failure as itself: a Permanent refusal of the endpoint must stay permanent
+            # (wrapped, it read as an unexpected error and was retried) and keep its message.
+            raise failed.exceptions[0] from None
 
     async def _read(self, queue: asyncio.Queue[list[asyncpg.Record] | None], workers: int) -> None:
         last = -1
