@@ -211,3 +211,30 @@ def test_a_shards_error_names_its_pages() -> None:
     assert _error("embedding_failed", "the endpoint said no", False, shard).message == (
         "pages 51-100 (shard 2 of 3): the endpoint said no")
     assert _error("embedding_failed", "the endpoint said no", False, task()).message == "the endpoint said no"
+
+
+async def test_a_cancel_stops_every_shard_of_the_task_running_in_the_worker() -> None:
+    import asyncio
+
+    from services.worker.cancellation import CancellationRegistry, CancelledByRequest
+
+    registry = CancellationRegistry()
+    started = asyncio.Event()
+
+    async def shard() -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    runs = [asyncio.create_task(registry.run("t1", shard())) for _ in range(2)]
+    other = asyncio.create_task(registry.run("t2", shard()))
+    await started.wait()
+    await asyncio.sleep(0)
+    assert registry.cancel("t1")
+    for run in runs:
+        with pytest.raises(CancelledByRequest):
+            await run
+    assert not other.done()
+    other.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await other
+    assert not registry.cancel("t1")  # nothing of t1 runs any more
