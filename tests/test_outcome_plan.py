@@ -93,7 +93,8 @@ def test_a_stage_fanning_out_publishes_one_message_per_shard_in_the_same_stage_a
 
 
 def test_a_shard_that_is_not_the_last_publishes_nothing_and_the_last_forwards_without_its_range() -> None:
-    shard = task(stages=("a", "b")).model_copy(update={"context": {"ref": "x", "shard": {"index": 0}}})
+    shard = task(stages=("a", "b")).model_copy(update={"context": {"ref": "x", "shard": {"index": 0},
+                                                                    "stage_started": 1.5}})
     assert plan(Succeeded(StageOutput(hold=True)), shard) == []
     _, forward = plan(Succeeded(StageOutput(context={"more": 1})), shard)
     assert isinstance(forward, ForwardTask) and forward.task.context == {"ref": "x", "more": 1}

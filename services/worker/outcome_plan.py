@@ -138,7 +138,7 @@ def steps_for(
         forwarded = task.forwarded(dict(output.context))
         if "shard" in forwarded.context:  # a shard's page range ends with its stage
             forwarded = forwarded.model_copy(update={"context": {
-                k: v for k, v in forwarded.context.items() if k != "shard"}})
+                k: v for k, v in forwarded.context.items() if k not in ("shard", "stage_started")}})
         return [
             PublishEvent(TaskStageCompleted(**base, next_stage=forwarded.stage,
                                             progress=ctx.overall_progress(100), started_at=ctx.started_at,

@@ -106,9 +106,9 @@ _CHUNKS = """SELECT chunk_index, chunk_id, content, char_start, char_end, pages,
 
 
 async def test_a_pdf_embedded_in_page_shards_equals_its_unsharded_run(api: ApiClient, db: asyncpg.Connection) -> None:
-    """4 pages (2 of them blank) in shards of one page: four embed messages any free slot
-    takes; the last one to finish moves the task on. The chunks (ids, texts, pages,
-    vectors) are the unsharded run's."""
+    """4 pages (2 of them blank) in shards of one page: four preprocess messages, then four
+    embed messages, any free slot takes each; the last shard of a stage moves the task on.
+    The chunks (ids, texts, pages, vectors) are the unsharded run's."""
     name, kb = "pdf-with-blank-pages-4p.pdf", "kb_shards"
     sharded = await ingest(api, kb, name, document_id="paper", shard_pages=1)
     assert sharded["status"] == "completed", sharded["error"]
@@ -120,6 +120,8 @@ async def test_a_pdf_embedded_in_page_shards_equals_its_unsharded_run(api: ApiCl
     assert whole["status"] == "completed" and "shards" not in whole["result"]["embedding"]
     assert whole["result"]["embedding"]["computed"] == 0  # the shards' vectors serve it from the cache
     assert [dict(r) for r in await db.fetch(_CHUNKS, kb, "paper")] == [dict(r) for r in stored]
+    for key in ("pages", "characters", "chunk_count", "title"):
+        assert sharded["result"][key] == whole["result"][key], key
 
 
 async def test_cancelling_mid_pipeline_stops_it_and_leaves_no_chunks(api: ApiClient, db: asyncpg.Connection) -> None:

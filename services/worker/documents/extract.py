@@ -39,6 +39,9 @@ class ExtractionJob:
     ocr_languages: str = "chi_sim+chi_tra+eng"
     tesseract_cmd: str = "tesseract"
     antiword_cmd: str = "antiword"
+    # A shard of a long PDF (docs/decisions/0170): only these pages, numbered as in the whole file.
+    first_page: int | None = None
+    last_page: int | None = None
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ def extract_document(job: ExtractionJob) -> ExtractionSummary:
                     f"the {sniff.describe(content_type)} could not be parsed: {type(exc).__name__}: {str(exc)[:300]}"
                 ) from None
             spool.flush()
-    if out.characters == 0:
+    if out.characters == 0 and job.first_page is None:  # a shard of blank pages is fine; the whole is checked
         raise _no_text(content_type, info, job)
     return ExtractionSummary(
         content_type=content_type, file_bytes=size, sha256=digest, characters=out.characters, blocks=out.blocks,
@@ -107,7 +110,7 @@ def _parser(content_type: str, handle: IO[bytes], info: DocumentInfo, job: Extra
     options = ocr.OcrOptions(job.tesseract_cmd, job.ocr_languages, work_dir) if job.ocr_enabled else None
 
     parsers: dict[str, Callable[[], Iterable[Block | tuple[int, int]]]] = {
-        sniff.PDF: lambda: pdf.parse_pdf(handle, info, job.password, options),
+        sniff.PDF: lambda: pdf.parse_pdf(handle, info, job.password, options, pages=(job.first_page, job.last_page)),
         sniff.DOCX: lambda: docx.parse_docx(handle, info),
         sniff.PPTX: lambda: pptx.parse_pptx(handle, info),
         sniff.XLSX: lambda: spreadsheet.parse_xlsx(handle, info, size),
@@ -121,6 +124,29 @@ def _parser(content_type: str, handle: IO[bytes], info: DocumentInfo, job: Extra
         sniff.IMAGE: lambda: ocr.parse_image(handle, info, _required(options)),
     }
     return parsers[content_type]()
+
+
+def count_pdf_pages(job: ExtractionJob) -> int | None:
+    """The page count of a PDF (for sharding); None for any other file, or one that does not
+    open (the parse then says why, as for any document)."""
+    from pypdf import PdfReader
+
+    with open_checked(Path(job.path), max_bytes=job.max_bytes) as handle:
+        try:
+            if sniff.detect_format(handle, job.name) != sniff.PDF:
+                return None
+            handle.seek(0)
+            reader = PdfReader(handle, strict=False)
+            if reader.is_encrypted and not reader.decrypt(job.password or ""):
+                return None
+            return len(reader.pages)
+        except Exception:  # noqa: BLE001 - not ours to report: the unsharded parse names the problem
+            return None
+
+
+def no_text(pages: int | None, job: ExtractionJob) -> DocumentError:
+    """The error of a PDF whose shards found no text at all (what the unsharded parse raises)."""
+    return _no_text(sniff.PDF, DocumentInfo(pages=pages), job)
 
 
 def _required(options: Any) -> Any:

@@ -25,7 +25,8 @@ _LIST_ITEM = re.compile(r"^(?:[•◦▪‣·\-–—*]|\(?\d{1,3}[.)]|\(?[a-zA-
 
 
 def parse_pdf(handle: IO[bytes], info: DocumentInfo, password: str | None,
-              ocr: OcrOptions | None = None) -> Iterator[Block | tuple[int, int]]:
+              ocr: OcrOptions | None = None,
+              pages: tuple[int | None, int | None] = (None, None)) -> Iterator[Block | tuple[int, int]]:
     """Blocks per page; yields `(page, pages)` after each page for progress.
     A page without a text layer goes through OCR when `ocr` is given."""
     from pypdf import PdfReader
@@ -37,8 +38,8 @@ def parse_pdf(handle: IO[bytes], info: DocumentInfo, password: str | None,
             if password:
                 raise PasswordRequired("the password given for this encrypted PDF is wrong")
             raise PasswordRequired("the PDF is encrypted and needs a password to open; send it as payload.password")
-        pages = reader.pages
-        info.pages = len(pages)
+        all_pages = reader.pages
+        info.pages = len(all_pages)
     except (PdfReadError, PdfStreamError, ValueError, KeyError, TypeError) as exc:
         raise CorruptFile(f"the PDF is damaged and cannot be read ({_short(exc)})") from None
     except DependencyError as exc:
@@ -46,7 +47,9 @@ def parse_pdf(handle: IO[bytes], info: DocumentInfo, password: str | None,
     _read_metadata(reader, info)
 
     empty_pages, ocr_pages = [], []
-    for number, page in enumerate(pages, start=1):
+    first, last = pages[0] or 1, min(pages[1] or len(all_pages), len(all_pages))  # a shard reads its range only
+    for number in range(first, last + 1):
+        page = all_pages[number - 1]
         try:
             text = page.extract_text() or ""
         except Exception as exc:  # noqa: BLE001 - one broken page must not lose the others
@@ -63,11 +66,11 @@ def parse_pdf(handle: IO[bytes], info: DocumentInfo, password: str | None,
             paragraphs = [b.text for b in scanned]
         if not paragraphs:
             empty_pages.append(number)
-        yield (number, len(pages))
+        yield (number, len(all_pages))
     if ocr_pages:
         info.metadata["ocr_pages"] = _ranges(ocr_pages)
         info.metadata["ocr_languages"] = ocr.languages if ocr else None
-    if empty_pages and len(empty_pages) < len(pages):
+    if empty_pages and len(empty_pages) < len(all_pages):
         info.warn(f"{len(empty_pages)} page(s) without text: {_ranges(empty_pages)}")
 
 

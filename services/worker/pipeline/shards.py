@@ -37,6 +37,12 @@ def shard_contexts(ranges: list[tuple[int, int]]) -> tuple[dict[str, Any], ...]:
                  for i, (a, b) in enumerate(ranges))
 
 
+def block_seqs(shard: dict[str, Any]) -> tuple[int, int]:
+    """The block sequence numbers a preprocess shard writes, in page order across shards."""
+    span = (2**31 - 1) // int(shard["count"])
+    return int(shard["index"]) * span, (int(shard["index"]) + 1) * span
+
+
 def chunk_pages(shard: dict[str, Any] | None) -> tuple[int, int]:
     """The first-page bounds of the chunks a shard owns (the first and last shards take the edges)."""
     if shard is None:

@@ -57,9 +57,14 @@ class PipelineStage(ABC):
     async def __call__(self, task: TaskMessage, ctx: AttemptContext) -> StageOutput:
         started = time.monotonic()
         output = await self.run(task, ctx)
-        if output.fan_out or output.hold:
-            return output  # the stage is not done: its shards run (the last one adds the timing)
-        timings = {**task.context.get("timings", {}), self.name: round(time.monotonic() - started, 3)}
+        if output.fan_out:  # the shards carry the stage's start, so its timing is the wall time of all
+            return replace(output, fan_out=tuple({**c, "stage_started": time.time()} for c in output.fan_out))
+        if output.hold:
+            return output  # another shard is still running; the last one adds the timing
+        elapsed = time.monotonic() - started
+        if "stage_started" in task.context:
+            elapsed = time.time() - float(task.context["stage_started"])
+        timings = {**task.context.get("timings", {}), self.name: round(elapsed, 3)}
         return replace(output, context={**output.context, "timings": timings})
 
     @abstractmethod

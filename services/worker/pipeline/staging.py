@@ -47,6 +47,13 @@ async def copy_blocks(conn: asyncpg.Connection, task_id: str, run: int, first_se
     await conn.copy_records_to_table("pipeline_blocks", records=records, columns=BLOCK_COLUMNS)
 
 
+async def drop_blocks(conn: asyncpg.Connection | asyncpg.Pool, task_id: str, run: int, first_seq: int,
+                      end_seq: int) -> None:
+    """One shard's blocks (its sequence range), before it parses again or when it failed."""
+    await conn.execute("DELETE FROM pipeline_blocks WHERE task_id = $1 AND run = $2 AND seq >= $3 AND seq < $4",
+                       task_id, run, first_seq, end_seq)
+
+
 async def finish_extraction(conn: asyncpg.Connection, task_id: str, run: int, summary: Any) -> None:
     await conn.execute(
         """UPDATE pipeline_documents SET content_type = $3, file_bytes = $4, sha256 = $5, title = $6, pages = $7,

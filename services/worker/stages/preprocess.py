@@ -14,15 +14,23 @@ import contextlib
 import hashlib
 import shutil
 import tempfile
+from dataclasses import asdict, replace
 from pathlib import Path, PurePath
-from typing import BinaryIO, Self
+from typing import Any, BinaryIO, Self
 
 from loguru import logger
 
 from services.worker.attempt import AttemptContext
 from services.worker.documents.blocks import Block, SpoolProgress, read_spool_lines
-from services.worker.documents.extract import ExtractionJob, ExtractionSummary, extract_document
-from services.worker.pipeline import staging
+from services.worker.documents.errors import DocumentError
+from services.worker.documents.extract import (
+    ExtractionJob,
+    ExtractionSummary,
+    count_pdf_pages,
+    extract_document,
+    no_text,
+)
+from services.worker.pipeline import shards, staging
 from services.worker.pipeline.stage import PipelineStage
 from services.worker.stages.base import StageHandler, StageOutput
 from shared.errors import Retryable
@@ -64,7 +72,10 @@ class PreprocessStage(PipelineStage):
         document_id = payload.document_id or default_document_id(path, payload.file_ref)
         await self.plan(ctx, PurePath(name).suffix.lstrip(".").lower() or "*", path.stat().st_size, None)
         assert self._spool_dir is not None and task.kb_id is not None
-        spool = self._spool_dir / f"{task.task_id}-{task.run}.jsonl"
+        shard = task.context.get("shard")
+        # Shards of one task may parse side by side in this worker: a spool file each.
+        part = "" if shard is None else f"-{shard['index']}"
+        spool = self._spool_dir / f"{task.task_id}-{task.run}{part}.jsonl"
         job = ExtractionJob(
             path=str(path), name=name, spool_path=str(spool), max_bytes=self.settings.files.max_file_bytes,
             max_chars=self.settings.pipeline.max_document_chars,
@@ -73,17 +84,37 @@ class PreprocessStage(PipelineStage):
             ocr_languages=payload.ocr_languages or self.settings.pipeline.ocr_languages,
             tesseract_cmd=self.settings.pipeline.tesseract_cmd, antiword_cmd=self.settings.pipeline.antiword_cmd,
         )
-        async with self.pool.acquire() as conn:
-            await staging.open_run(conn, task.task_id, task.run, kb_id=task.kb_id, document_id=document_id,
-                                   source=source)
+        if shard is None:
+            async with self.pool.acquire() as conn:
+                await staging.open_run(conn, task.task_id, task.run, kb_id=task.kb_id, document_id=document_id,
+                                       source=source)
+            ranges = shards.page_ranges(await ctx.run_cpu(count_pdf_pages, job), self._shard_pages(payload))
+            if ranges:  # a long PDF: every free preprocess worker parses a page range (decision 0170)
+                return StageOutput(fan_out=shards.shard_contexts(ranges))
+            first_seq, end_seq = 0, 2**31 - 1
+        else:
+            job = replace(job, first_page=int(shard["first_page"]), last_page=int(shard["last_page"]))
+            first_seq, end_seq = shards.block_seqs(shard)
+            await staging.drop_blocks(self.pool, task.task_id, task.run, first_seq, end_seq)  # an earlier attempt's
         try:
-            summary = await self._extract(job, task, ctx)
+            summary = await self._extract(job, task, ctx, first_seq, end_seq, finish=shard is None)
         except BaseException:
             # A retry or a resubmission starts the parse over: drop what this attempt staged.
-            await asyncio.shield(staging.drop_run(self.pool, task.task_id, task.run))
+            if shard is None:
+                await asyncio.shield(staging.drop_run(self.pool, task.task_id, task.run))
+            else:
+                await asyncio.shield(staging.drop_blocks(self.pool, task.task_id, task.run, first_seq, end_seq))
             raise
         finally:
             spool.unlink(missing_ok=True)
+        if shard is not None:
+            finished = await shards.mark_done(self.pool, task.task_id, task.run, self.name, shard, asdict(summary))
+            if len(finished) < shard["count"]:
+                await ctx.progress(95 * len(finished) / shard["count"])  # progress counts finished shards
+                return StageOutput(hold=True)
+            summary = self._whole(job, [finished[str(i)] for i in range(shard["count"])])
+            async with self.pool.acquire() as conn:
+                await staging.finish_extraction(conn, task.task_id, task.run, summary)
         for warning in summary.warnings:
             logger.info("document warning: {}", warning)
         return StageOutput(context={
@@ -106,9 +137,33 @@ class PreprocessStage(PipelineStage):
         root = next(r for r in roots if real.is_relative_to(r))
         return real, real.name, str(real.relative_to(root))
 
-    async def _extract(self, job: ExtractionJob, task: TaskMessage, ctx: AttemptContext) -> ExtractionSummary:
+    def _shard_pages(self, payload: DocumentProcessingPayload) -> int:
+        return payload.shard_pages if payload.shard_pages is not None else self.settings.pipeline.shard_pages
+
+    def _whole(self, job: ExtractionJob, parts: list[dict[str, Any]]) -> ExtractionSummary:
+        """The document's summary from its shards' (in page order), as one parse would give it."""
+        first = parts[0]
+        characters = sum(int(p["characters"]) for p in parts)
+        if characters == 0:
+            raise no_text(first["pages"], job)
+        if characters > job.max_chars:
+            raise DocumentError(f"the document holds more than {job.max_chars:,} characters of text "
+                                "(MAX_DOCUMENT_CHARS)")
+        metadata: dict[str, Any] = {}
+        for part in parts:
+            for key, value in part["metadata"].items():
+                if key == "ocr_pages" and key in metadata:
+                    value = f"{metadata[key]}, {value}"
+                metadata[key] = value
+        return ExtractionSummary(
+            content_type=first["content_type"], file_bytes=first["file_bytes"], sha256=first["sha256"],
+            characters=characters, blocks=sum(int(p["blocks"]) for p in parts), title=first["title"],
+            pages=first["pages"], metadata=metadata, warnings=[w for p in parts for w in p["warnings"]][:20])
+
+    async def _extract(self, job: ExtractionJob, task: TaskMessage, ctx: AttemptContext, first_seq: int,
+                       end_seq: int, *, finish: bool) -> ExtractionSummary:
         parse = asyncio.ensure_future(ctx.run_cpu(extract_document, job))
-        seq = 0
+        seq = first_seq
         pending: list[Block] = []
         try:
             with _SpoolTail(Path(job.spool_path)) as tail:
@@ -126,9 +181,12 @@ class PreprocessStage(PipelineStage):
                         break
                     await asyncio.wait({parse}, timeout=POLL_SECONDS)
             summary = _result(parse)
-            await self._copy(task, seq, pending)
-            async with self.pool.acquire() as conn:
-                await staging.finish_extraction(conn, task.task_id, task.run, summary)
+            seq = await self._copy(task, seq, pending)
+            if seq > end_seq:
+                raise DocumentError(f"a shard of this PDF holds more than {end_seq - first_seq:,} blocks")
+            if finish:
+                async with self.pool.acquire() as conn:
+                    await staging.finish_extraction(conn, task.task_id, task.run, summary)
             return summary
         finally:
             if not parse.done():
