@@ -96,7 +96,7 @@ async def time_to_searchable(api_url: str, name: str, shard_pages: int, round_no
     result = task["result"]
     return {"shard_pages": shard_pages, "seconds": round(seconds.total_seconds(), 2),
             "chunks": result["chunk_count"], "shards": result["embedding"].get("shards", 1),
-            "embed_seconds": result["durations"].get("embed")}
+            "stage_seconds": result["durations"]}
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -450,7 +450,7 @@ class PipelineSettings(BaseSettings):
                                pattern=r"^[A-Za-z_]+(\+[A-Za-z_]+)*$")
     tesseract_cmd: str = Field(default="tesseract", alias="TESSERACT_CMD", min_length=1)
     antiword_cmd: str = Field(default="antiword", alias="ANTIWORD_CMD", min_length=1)
-    # A PDF longer than this is embedded in page-range shards that any free embed worker runs
+    # A PDF longer than this is parsed and embedded in page-range shards that any free worker runs
     # (docs/documents.md; 0 turns sharding off). A payload's `shard_pages` overrides it.
     shard_pages: int = Field(default=50, alias="SHARD_PAGES", ge=0)
 

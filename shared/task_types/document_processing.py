@@ -67,7 +67,8 @@ class DocumentProcessingPayload(Payload):
     )
     shard_pages: int | None = Field(
         default=None, ge=0, le=1_000_000,
-        description="A PDF with more pages is embedded in page-range shards run by every free embed worker. "
+        description="A PDF with more pages is parsed and embedded in page-range shards that every free worker "
+        "of those stages takes. "
         "Default: the worker's SHARD_PAGES (50); 0 never shards.",
     )
 
