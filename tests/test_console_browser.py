@@ -23,12 +23,12 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+from shared.security.api_keys import Scope
 from tests.support.api import ApiClient
 from tests.support.environment import TestEnvironment
 from tests.support.eventually import eventually
 from tests.support.fleet import Fleet
 from tests.support.keys import create_key
-from shared.security.api_keys import Scope
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
