@@ -43,7 +43,8 @@ async def test_me_says_what_the_key_may_do(
 
 async def test_a_tasks_payload_is_in_its_detail_with_secret_looking_values_masked(api: ApiClient) -> None:
     created = await api.submit({"task_type": "echo", "payload": {
-        "file": "a.pdf", "source": {"password": "pw1", "access_token": "t0k", "max_tokens": 5}, "API-Key": "k"}})
+        "file": "a.pdf", "source": {"password": "pw1", "access_token": "t0k", "max_tokens": 5, "token_count": 9},
+        "items": [{"API-Key": "k"}]}})
     task = await api.get(created["task_id"])
-    assert task["payload"] == {"file": "a.pdf", "source": {"password": "***", "access_token": "***", "max_tokens": 5},
-                               "API-Key": "***"}
+    assert task["payload"] == {"file": "a.pdf", "items": [{"API-Key": "***"}], "source": {
+        "password": "***", "access_token": "***", "max_tokens": 5, "token_count": 9}}

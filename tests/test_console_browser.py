@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -72,7 +72,15 @@ def _wait(browser: WebDriver, condition: object, message: str) -> object:
             return condition(driver)  # type: ignore[operator]
         except StaleElementReferenceException:
             return False  # the view re-rendered between find and read: look again
-    return WebDriverWait(browser, WAIT_SECONDS, poll_frequency=0.1).until(check, message)
+    try:
+        return WebDriverWait(browser, WAIT_SECONDS, poll_frequency=0.1).until(check, message)
+    except TimeoutException:
+        # What the operator would have seen: the alert line and the page's text.
+        page = browser.execute_script(
+            "return [document.getElementById('message').textContent, document.body.innerText.slice(0, 2000)]")
+        logs = browser.get_log("browser")
+        raise AssertionError(f"{message}: not seen in {WAIT_SECONDS}s at {browser.current_url}\n"
+                             f"alert: {page[0]!r}\npage: {page[1]}\nbrowser log: {logs}") from None
 
 
 def _row_status(browser: WebDriver, task_id: str) -> str | None:
@@ -81,11 +89,14 @@ def _row_status(browser: WebDriver, task_id: str) -> str | None:
 
 
 def _open(browser: WebDriver, fleet: Fleet, query: str, key: str | None = None) -> None:
-    browser.get(f"{fleet.api_url}/console?{query}")
+    # The key goes into the origin's sessionStorage from a page of the same origin that runs no
+    # script, so the console starts once, with it.
+    browser.get(f"{fleet.api_url}/console/favicon.svg")
     browser.execute_script("sessionStorage.clear()")
     if key is not None:
         browser.execute_script("sessionStorage.setItem('tm.console.api_key', arguments[0])", key)
-    browser.refresh()
+    browser.get_log("browser")  # drained: what follows is the console's own (that page asks for /favicon.ico)
+    browser.get(f"{fleet.api_url}/console?{query}")
 
 
 def _kb() -> str:
@@ -133,7 +144,8 @@ async def test_the_detail_of_a_completed_task_shows_its_payload_result_and_timel
     _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, '#timeline tr[data-event="task.completed"]'),
           "the timeline has the completion from the event log")
     payload = browser.find_element(By.ID, "task-payload").text
-    assert '"answer": 42' in payload and "hunter2" not in payload and '"api_key": "***"' in payload
+    assert '"answer": 42' in payload and '"api_key": "***"' in payload
+    assert "hunter2" not in browser.find_element(By.TAG_NAME, "body").text  # the echoed result is masked too
     assert browser.find_element(By.CSS_SELECTOR, "[data-field=status] [data-status]").text == "completed"
     browser.save_screenshot(str(screenshots / "task.png"))
 
@@ -208,3 +220,27 @@ async def test_a_read_only_key_sees_no_action_buttons(
         assert browser.find_elements(By.CSS_SELECTOR, "#actions button") == []
     finally:
         await api.call("DELETE", f"/api/v1/tasks/{created['task_id']}")
+
+
+async def test_a_dead_letter_is_requeued_from_the_page(
+    browser: WebDriver, fleet: Fleet, api: ApiClient, screenshots: Path,
+) -> None:
+    task = await api.run({"task_type": "fail", "kb_id": _kb(), "retry_limit": 0, "payload": {"fail_times": 1}})
+    task_id = task["task_id"]
+    try:
+        _open(browser, fleet, "view=dlq")
+        button = f'#dlq-rows tr[data-task-id="{task_id}"] button.requeue'
+        _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, button), "the dead letter with a requeue button")
+        browser.save_screenshot(str(screenshots / "dead-letters.png"))
+        browser.find_element(By.CSS_SELECTOR, button).click()
+
+        async def second_run() -> None:
+            assert (await api.get(task_id))["run"] == 2
+        await eventually(second_run, timeout=WAIT_SECONDS)
+        _wait(browser, lambda d: "Requeued" in d.find_element(By.ID, "message").text, "the page says so")
+    finally:
+        # `fail` fails the new run's first attempt too: leave the session's tm.dead as it was.
+        async def purged() -> None:
+            status, report = await api.call("POST", "/api/v1/dlq/purge", json={"task_ids": [task_id]})
+            assert status == 200 and report["purged"] >= 1, report
+        await eventually(purged, timeout=WAIT_SECONDS)

@@ -43,8 +43,10 @@ def task_view(row: TaskRow, depends_on: list[str] | None = None, **extra: object
 MASK = "***"
 # Keys whose values a console or a client should not echo: a payload may carry a
 # source system's credentials (a download token, a callback password).
+# The whole key, or its last `_`/`-` part: `access_token`, `db_password`, `API-Key`; not
+# `token_count` or `max_tokens`. The console masks results with the same rule (console.js).
 _SECRET_KEY = re.compile(
-    r"passw(or)?d|^pass$|secret|token(?!s)|api[_-]?key|authorization|credential|private[_-]?key|cookie",
+    r"(^|[_-])(password|passwd|pwd|secret|token|api[_-]?key|authorization|credentials?|private[_-]?key|cookie)$",
     re.IGNORECASE)
 
 

@@ -10,12 +10,16 @@ const FILTERS = ["status", "task_type", "kb_id", "workflow_id"];
 const QUEUE_REFRESH_MS = 5000;
 const LIST_REFRESH_MIN_MS = 500;  // events arriving faster than this share one reload
 const RECONNECT_MS = 2000;
+// Besides the stream: a task shows up there with its first worker event, so a task that waits
+// (queued behind others, scheduled, waiting on parents) appears with this slower re-read.
+const VIEW_REFRESH_MS = 10000;
 
 const state = {
   identity: null,      // GET /api/v1/me
   paused: false,
   stream: null,        // {controller} of the open event stream
   queueTimer: null,
+  viewTimer: null,     // the slow re-read of the current view (serialised with the event-driven ones)
   render: 0,           // bumped on every navigation; stale async work checks it and stops
 };
 
@@ -43,8 +47,20 @@ function show(message, kind) {
   box.hidden = !message;
 }
 
+// The api masks a payload's secret-looking values (services/api/views.py, the same rule); a
+// result is returned as the task produced it, so the console masks it for display.
+const SECRET_KEY = /(^|[_-])(password|passwd|pwd|secret|token|api[_-]?key|authorization|credentials?|private[_-]?key|cookie)$/i;
+
+function masked(value) {
+  if (Array.isArray(value)) return value.map(masked);
+  if (value && typeof value === "object") {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, SECRET_KEY.test(k) ? "***" : masked(v)]));
+  }
+  return value;
+}
+
 function pretty(value) {
-  return value === undefined || value === null ? "—" : JSON.stringify(value, null, 2);
+  return value === undefined || value === null ? "—" : JSON.stringify(masked(value), null, 2);
 }
 
 function when(value) {
@@ -454,6 +470,8 @@ function route() {
   else if (view === "dlq") currentReload = dlqView(main, generation);
   else currentReload = tasksView(main, generation);
   setLive(state.paused ? "paused" : "connecting");
+  clearInterval(state.viewTimer);
+  if (!state.paused) state.viewTimer = setInterval(currentReload, VIEW_REFRESH_MS);
 }
 
 function togglePause() {
@@ -462,6 +480,7 @@ function togglePause() {
   if (state.paused) {
     closeStream();
     clearTimeout(state.queueTimer);
+    clearInterval(state.viewTimer);
     setLive("paused");
   } else {
     route();  // reloads the view and reopens its stream

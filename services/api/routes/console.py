@@ -8,38 +8,34 @@ from __future__ import annotations
 from importlib import resources
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from services.api.openapi import Operation, documented
-from shared.errors import NotFound
 
 routes = web.RouteTableDef()
 
-_ASSETS = {"console.js": "text/javascript", "console.css": "text/css", "favicon.svg": "image/svg+xml"}
 # Only the console's own files, from its own origin; no inline script, so a payload that
 # slipped past escaping still could not run.
 _POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 _HEADERS = {"Content-Security-Policy": _POLICY, "X-Content-Type-Options": "nosniff",
             "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
+# path -> (file in services/api/console/, media type, what it is)
+_FILES = {
+    "/console": ("index.html", "text/html", "The operator console (a page; it reads the API with the key typed in)."),
+    "/console/console.js": ("console.js", "text/javascript", "The console's script."),
+    "/console/console.css": ("console.css", "text/css", "The console's style sheet."),
+    "/console/favicon.svg": ("favicon.svg", "image/svg+xml", "The console's icon."),
+}
 
 
-def _read(name: str) -> bytes:
-    return resources.files("services.api").joinpath("console", name).read_bytes()
+def _serve(name: str, media_type: str) -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        body = resources.files("services.api").joinpath("console", name).read_bytes()
+        return web.Response(body=body, content_type=media_type, charset="utf-8", headers=_HEADERS)
+    return handler
 
 
-@routes.get("/console")
-@documented(Operation(summary="The operator console (a page)", tag="console", media_type="text/html",
-                      responses={200: (None, "HTML; it reads the API with the key typed into it.")}))
-async def console_page(request: web.Request) -> web.Response:
-    return web.Response(body=_read("index.html"), content_type="text/html", charset="utf-8", headers=_HEADERS)
-
-
-@routes.get("/console/{asset}")
-@documented(Operation(summary="The console's script and style sheet", tag="console", media_type="text/plain",
-                      path={"asset": {"type": "string", "enum": sorted(_ASSETS)}}, errors=(404,),
-                      responses={200: (None, "The file.")}))
-async def console_asset(request: web.Request) -> web.Response:
-    name = request.match_info["asset"]
-    if name not in _ASSETS:
-        raise NotFound(f"the console has no file {name!r}")
-    return web.Response(body=_read(name), content_type=_ASSETS[name], charset="utf-8", headers=_HEADERS)
+for _path, (_name, _media, _summary) in _FILES.items():
+    routes.get(_path)(documented(Operation(summary=_summary, tag="console", media_type=_media,
+                                           responses={200: (None, "The file.")}))(_serve(_name, _media)))
