@@ -36,8 +36,8 @@ from services.api.routes.document_chunks import routes as chunk_routes
 from services.api.routes.document_reprocess import routes as reprocess_routes
 from services.api.routes.events import end_streams_on_shutdown
 from services.api.routes.events import routes as event_routes
-from services.api.routes.kb_reembed import routes as reembed_routes
 from services.api.routes.identity import routes as identity_routes
+from services.api.routes.kb_reembed import routes as reembed_routes
 from services.api.routes.kbs import routes as kb_routes
 from services.api.routes.retry import routes as retry_routes
 from services.api.routes.schedules import routes as schedule_routes
