@@ -206,3 +206,13 @@ async def test_a_dead_letter_is_requeued_from_the_page(
             status, report = await api.call("POST", "/api/v1/dlq/purge", json={"task_ids": [task_id]})
             assert status == 200 and report["purged"] >= 1, report
         await eventually(purged, timeout=WAIT_SECONDS)
+
+
+async def test_opening_and_reloading_pages_again_and_again_keeps_working(browser: WebDriver, fleet: Fleet) -> None:
+    """Each page's stream must end with the page: left to the browser, a few pages and
+    reloads used up its six connections to the api and the next page never loaded."""
+    for _ in range(6):
+        browser.get(f"{fleet.api_url}/console?view=tasks&kb_id={_kb()}")
+        wait_until(browser, lambda d: d.find_element(By.ID, "live-state").text == "live", "the stream is open")
+        browser.refresh()
+        wait_until(browser, lambda d: d.find_element(By.ID, "live-state").text == "live", "the stream is open")

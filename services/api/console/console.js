@@ -522,5 +522,8 @@ document.addEventListener("DOMContentLoaded", () => {
     a.addEventListener("click", (e) => { e.preventDefault(); navigate(`view=${a.dataset.nav}`); });
   }
   window.addEventListener("popstate", route);
+  // Leaving the page ends its stream now; left to the browser, the connection outlived the
+  // page, and a few reloads used up the browser's six connections to the api.
+  window.addEventListener("pagehide", closeStream);
   start();
 });
