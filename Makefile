@@ -44,16 +44,19 @@ $(STAMP): pyproject.toml uv.lock | $(UV) system-packages
 	$(UV_SYNC) --extra test
 	touch $(STAMP)
 
-# Debian tools the preprocess worker runs: Tesseract (OCR, with Chinese and English) and
-# antiword (Word 97). Installed when missing and we may (root with apt-get); otherwise one
-# line says what to install, and documents that need them fail with `missing_tool`.
-SYSTEM_PACKAGES := antiword tesseract-ocr tesseract-ocr-eng tesseract-ocr-chi-sim tesseract-ocr-chi-tra
+# Debian tools: for the preprocess worker, Tesseract (OCR, with Chinese and English) and
+# antiword (Word 97); for the console's browser tests, chromium and chromium-driver. Installed
+# when missing and we may (root with apt-get); otherwise one line says what to install, and
+# documents that need them fail with `missing_tool` (the browser tests skip, or fail under CI).
+SYSTEM_PACKAGES := antiword tesseract-ocr tesseract-ocr-eng tesseract-ocr-chi-sim tesseract-ocr-chi-tra \
+	chromium chromium-driver
 system-packages:
-	@if command -v antiword >/dev/null && tesseract --list-langs 2>/dev/null | grep -q chi_tra; then :; \
+	@if command -v antiword >/dev/null && tesseract --list-langs 2>/dev/null | grep -q chi_tra \
+	  && command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "installing $(SYSTEM_PACKAGES) (OCR and legacy Word)"; \
+	  echo "installing $(SYSTEM_PACKAGES) (OCR, legacy Word, the console's browser tests)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
-	else echo "note: OCR and .doc documents need: sudo apt-get install $(SYSTEM_PACKAGES)"; fi
+	else echo "note: OCR, .doc documents and the console's browser tests need: sudo apt-get install $(SYSTEM_PACKAGES)"; fi
 
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos

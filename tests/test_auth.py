@@ -14,9 +14,12 @@ from datetime import timedelta
 import aiohttp
 import pytest
 import pytest_asyncio
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 
 from shared.security.api_keys import Scope
 from tests.support.api import ApiClient
+from tests.support.browser import chromium, wait_until
 from tests.support.environment import TestEnvironment, create_environment, destroy_environment
 from tests.support.fleet import Fleet, log_dir
 from tests.support.keys import bearer, create_key, revoke_key
@@ -281,3 +284,28 @@ async def test_taskmgr_keys_create_shows_the_key_once_then_list_and_revoke(
     assert refused.returncode == 1 and "cannot be restricted" in refused.stderr
     refused = _taskmgr(secured.environment, "keys", "create", "--name", "x", "--scopes", "tasks:everything")
     assert refused.returncode == 1 and "unknown scope" in refused.stderr
+
+
+async def test_the_console_asks_for_a_key_and_shows_what_the_key_may_see(
+    secured: Secured, http: aiohttp.ClientSession,
+) -> None:
+    """AUTH_REQUIRED in a real browser: the console asks for a key, says why a wrong
+    one is refused, keeps a good one for the tab, and shows only its kb's tasks."""
+    mine = await secured.client(http, "tenant_a").submit({"task_type": "echo", "kb_id": KB_A})
+    theirs = await secured.client(http, "tenant_b").submit({"task_type": "echo", "kb_id": KB_B})
+    rows = '#task-rows tr[data-task-id="{}"]'
+    with chromium() as browser:
+        browser.get(f"{secured.fleet.api_url}/console?view=tasks")
+        wait_until(browser, lambda d: d.find_elements(By.ID, "api-key"), "the key form")
+        browser.find_element(By.ID, "api-key").send_keys("tmk_nope_nope" + Keys.ENTER)
+        wait_until(browser, lambda d: "That key was refused" in d.find_element(By.ID, "login").text,
+                   "the refusal, with the api's reason")
+        browser.find_element(By.ID, "api-key").send_keys(secured.keys["reader_a"] + Keys.ENTER)
+        wait_until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, rows.format(mine["task_id"])),
+                   "the reader's kb's task")
+        assert browser.find_elements(By.CSS_SELECTOR, rows.format(theirs["task_id"])) == []
+        assert browser.find_element(By.ID, "who").text == "reader a: tasks:read"
+        assert browser.execute_script("return sessionStorage.getItem('tm.console.api_key')") == secured.keys["reader_a"]
+        assert browser.execute_script("return localStorage.length") == 0 and browser.get_cookies() == []
+        browser.find_element(By.ID, "logout").click()
+        wait_until(browser, lambda d: d.find_elements(By.ID, "api-key"), "the key form again")

@@ -202,3 +202,19 @@ async def test_a_workflow_over_tm_submit(fleet: Fleet, api: ApiClient) -> None:
     assert view["status"] == "completed"
     b = await api.get(first["tasks"]["b"]["task_id"])
     assert b["result"]["results"] == {first["tasks"]["a"]["task_id"]: {"v": 1}}
+
+
+async def test_the_task_list_filters_by_workflow(api: ApiClient) -> None:
+    created = await _create(api, {"tasks": [
+        {"ref": "a", "task_type": "echo", "payload": {"n": 1}},
+        {"ref": "b", "task_type": "echo", "payload": {"n": 2}, "depends_on": ["a"]},
+    ]})
+    await api.submit({"task_type": "echo", "payload": {"outside": True}})
+    status, page = await api.call("GET", f"/api/v1/tasks?workflow_id={created['workflow_id']}")
+    assert status == 200, page
+    assert {t["task_id"] for t in page["items"]} == {t["task_id"] for t in created["tasks"].values()}
+    assert all("payload" not in t for t in page["items"])  # lists leave payloads out
+    status, page = await api.call("GET", "/api/v1/tasks?workflow_id=01a20000-0000-7000-8000-000000000000")
+    assert (status, page["items"]) == (200, [])
+    status, refused = await api.call("GET", "/api/v1/tasks?workflow_id=not-a-uuid")
+    assert status == 422 and refused["error"]["details"][0]["field"] == "workflow_id"

@@ -71,6 +71,10 @@ RULES: tuple[AccessRule, ...] = (
     rule("GET", "/api/v1/openapi.json", Open.PUBLIC),
     rule("GET", "/api/v1/docs", Open.PUBLIC),
     rule("GET", "/api/v1/asyncapi.json", Open.PUBLIC),
+    # The console's static files; what it shows is read with the operator's key.
+    rule("GET", "/console", Open.PUBLIC),
+    rule("GET", "/console/{asset}", Open.PUBLIC),  # the files of routes/console.py, and 404 for others
+    rule("GET", "/api/v1/me", READ),
     rule("POST", "/api/v1/tasks", WRITE),
     rule("POST", "/api/v1/tasks/batch", WRITE),
     rule("GET", "/api/v1/tasks", READ),

@@ -29,12 +29,14 @@ from services.api.resources import (
     check_database,
     database_ctx,
 )
+from services.api.routes.console import routes as console_routes
 from services.api.routes.dlq import routes as dlq_routes
 from services.api.routes.docs import routes as docs_routes
 from services.api.routes.document_chunks import routes as chunk_routes
 from services.api.routes.document_reprocess import routes as reprocess_routes
 from services.api.routes.events import end_streams_on_shutdown
 from services.api.routes.events import routes as event_routes
+from services.api.routes.identity import routes as identity_routes
 from services.api.routes.kb_reembed import routes as reembed_routes
 from services.api.routes.kbs import routes as kb_routes
 from services.api.routes.retry import routes as retry_routes
@@ -138,4 +140,6 @@ def create_app(settings: Settings, registry: TaskTypeRegistry | None = None) -> 
     app.add_routes(chunk_routes)
     app.add_routes(reprocess_routes)
     app.add_routes(reembed_routes)
+    app.add_routes(identity_routes)
+    app.add_routes(console_routes)
     return app

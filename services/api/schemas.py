@@ -79,6 +79,16 @@ class TaskView(_Body):
     depends_on: list[str] = Field(
         default_factory=list, description="The parent task ids this task waited (or waits) for, oldest first; "
         "empty for a task without parents.")
+    payload: Any = Field(default=None, description="Read one task: its payload, values under secret-looking keys "
+                                                   "(`password`, `token`, `api_key`, ...) masked as `***`.")
+
+
+class Identity(_Body):
+    name: str
+    anonymous: bool = Field(description="No key was sent and AUTH_REQUIRED is off: every scope.")
+    scopes: list[str]
+    kb_ids: list[str] | None = Field(description="The knowledge bases the key may use; null: every one.")
+    auth_required: bool
 
 
 class TaskPage(_Body):

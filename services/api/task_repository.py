@@ -13,7 +13,7 @@ from sqlalchemy import bindparam, delete, select, text, tuple_
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shared.db.models import callbacks, tasks
+from shared.db.models import callbacks, tasks, workflow_tasks
 
 # A task row: SQLAlchemy's RowMapping (keyed by column name, or by the column itself) or the
 # dict admission inserted. Read by name.
@@ -25,6 +25,7 @@ class TaskFilter:
     kb_id: str | None = None
     statuses: tuple[str, ...] = ()
     task_type: str | None = None
+    workflow_id: str | None = None
 
 
 # The knowledge bases a caller may see: None for all. Every read takes one, so
@@ -131,6 +132,9 @@ async def list_tasks(
         query = query.where(tasks.c.status.in_(task_filter.statuses))
     if task_filter.task_type is not None:
         query = query.where(tasks.c.task_type == task_filter.task_type)
+    if task_filter.workflow_id is not None:
+        members = select(workflow_tasks.c.task_id).where(workflow_tasks.c.workflow_id == task_filter.workflow_id)
+        query = query.where(tasks.c.id.in_(members))
     if before_id is not None:
         query = query.where(tasks.c.id < before_id)
     result = await conn.execute(query)

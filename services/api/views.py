@@ -3,6 +3,9 @@ the response models of `schemas.py`."""
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 from services.api.schemas import CallbackState, TaskCreated, TaskView
 from services.api.task_repository import TaskRow
 from shared.concurrency_keys import visible_key
@@ -35,3 +38,22 @@ def task_view(row: TaskRow, depends_on: list[str] | None = None, **extra: object
             state=row["callback_state"], attempts=row["callback_attempts"], last_error=row["callback_last_error"]
         )
     return TaskView(task_id=str(row["id"]), **fields, **extra)
+
+
+MASK = "***"
+# Keys whose values a console or a client should not echo: a payload may carry a
+# source system's credentials (a download token, a callback password).
+# The whole key, or its last `_`/`-` part: `access_token`, `db_password`, `API-Key`; not
+# `token_count` or `max_tokens`. The console masks results with the same rule (console.js).
+_SECRET_KEY = re.compile(
+    r"(^|[_-])(password|passwd|pwd|secret|token|api[_-]?key|authorization|credentials?|private[_-]?key|cookie)$",
+    re.IGNORECASE)
+
+
+def redact_payload(value: Any) -> Any:
+    """The payload with every value under a secret-looking key masked, at any depth."""
+    if isinstance(value, dict):
+        return {k: MASK if _SECRET_KEY.search(str(k)) else redact_payload(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_payload(v) for v in value]
+    return value

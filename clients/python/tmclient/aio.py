@@ -102,8 +102,9 @@ class AsyncClient:
         return await self._call("GET", f"/api/v1/tasks/{task_id}", Task)
 
     async def list(self, *, kb_id: str | None = None, status: str | list[str] | None = None,
-                   task_type: str | None = None, limit: int = 50, cursor: str | None = None) -> TaskPage:
-        params = _params(kb_id=kb_id, task_type=task_type, limit=limit, cursor=cursor,
+                   task_type: str | None = None, workflow_id: str | None = None, limit: int = 50,
+                   cursor: str | None = None) -> TaskPage:
+        params = _params(kb_id=kb_id, task_type=task_type, workflow_id=workflow_id, limit=limit, cursor=cursor,
                          status=",".join(status) if isinstance(status, list) else status)
         return await self._call("GET", "/api/v1/tasks", TaskPage, params=params)
 

@@ -73,6 +73,7 @@ class Task(Model):
     concurrency_key: str | None = None  # the key whose slots it takes (docs/scheduler.md)
     max_concurrency: int | None = None
     depends_on: list[str] = []  # parent task ids, oldest first
+    payload: Any = None  # get() only; values under secret-looking keys masked
     callback: CallbackState | None = None
     cancel_requested: bool | None = None
 

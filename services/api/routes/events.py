@@ -86,8 +86,11 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     try:
         response = web.StreamResponse(headers={
             "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        await response.prepare(request)
-        await response.write(f"retry: {RECONNECT_MILLIS}\n: stream open\n\n".encode())
+        try:
+            await response.prepare(request)
+            await response.write(f"retry: {RECONNECT_MILLIS}\n: stream open\n\n".encode())
+        except ConnectionError:
+            return response  # gone before the first byte (a console switching views): nothing to say
         sent = last
         if last is not None:
             sent = await _send_backlog(response, feed, sub, last)

@@ -33,7 +33,7 @@ from services.api.schemas import (
     TaskView,
 )
 from services.api.task_repository import KbScope, TaskFilter
-from services.api.views import task_created_view, task_view
+from services.api.views import redact_payload, task_created_view, task_view
 from shared.errors import (
     Conflict,
     FieldError,
@@ -76,6 +76,7 @@ class TaskListQuery(BaseModel):
     status: str | None = Field(default=None, pattern=rf"^({_STATUSES})(,({_STATUSES}))*$",
                                description="Comma-separated statuses.")
     task_type: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    workflow_id: uuid.UUID | None = Field(default=None, description="Only the tasks of this workflow.")
     limit: int = Field(default=50, ge=1, description="Page size, at most MAX_PAGE_SIZE.")
     cursor: uuid.UUID | None = Field(default=None, description="`next_cursor` of the previous page.")
 
@@ -166,13 +167,14 @@ async def submit_batch(request: web.Request) -> web.Response:
 
 
 @routes.get(f"/api/v1/tasks/{{task_id:{TASK_ID_SEGMENT}}}")
-@documented(Operation(summary="Read a task", responses={200: (TaskView, "The task.")}))
+@documented(Operation(summary="Read a task", description="With its `payload` (values under secret-looking keys "
+                      "masked); lists leave the payload out.", responses={200: (TaskView, "The task.")}))
 async def get_task(request: web.Request) -> web.Response:
     task_id = request.match_info["task_id"]
     row = await _find(request, task_id)
     async with request.app[ENGINE].connect() as conn:
         parents = await repo.parents_of(conn, [task_id])
-    return json_response(task_view(row, parents.get(task_id, [])))
+    return json_response(task_view(row, parents.get(task_id, []), payload=redact_payload(row["payload"])))
 
 
 @routes.get("/api/v1/tasks")
@@ -198,7 +200,8 @@ async def list_tasks(request: web.Request) -> web.Response:
     if query.kb_id is not None and scope is not None and query.kb_id not in scope:
         return json_response(TaskPage(items=[], next_cursor=None))  # another tenant's kb: nothing, not 403
     statuses = tuple(query.status.split(",")) if query.status else ()
-    task_filter = TaskFilter(kb_id=query.kb_id, statuses=statuses, task_type=query.task_type)
+    task_filter = TaskFilter(kb_id=query.kb_id, statuses=statuses, task_type=query.task_type,
+                             workflow_id=str(query.workflow_id) if query.workflow_id else None)
     async with request.app[ENGINE].connect() as conn:
         rows = await repo.list_tasks(conn, task_filter, limit=query.limit + 1,
                                      before_id=str(query.cursor) if query.cursor else None, scope=scope)
