@@ -13,8 +13,9 @@ message names them in `context`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError
 
@@ -23,6 +24,7 @@ from shared.ids import new_event_id
 from shared.status import Priority, TaskStatus
 
 MESSAGE_VERSION = 1
+T = TypeVar("T")
 
 
 def utcnow() -> datetime:
@@ -84,10 +86,7 @@ class TaskMessage(Frozen):
 
     @classmethod
     def parse(cls, body: bytes) -> TaskMessage:
-        try:
-            return cls.model_validate_json(body)
-        except _UNPARSABLE as exc:
-            raise PoisonMessage(f"not a valid task message: {_first_error(exc)}") from exc
+        return _parsed(cls.model_validate_json, body, "task message")
 
 
 # --- events ----------------------------------------------------------------------
@@ -203,7 +202,6 @@ TaskEvent = Annotated[
     | TaskCancelled,
     Field(discriminator="kind"),
 ]
-_TASK_EVENT = TypeAdapter(TaskEvent)
 
 # The status each event kind moves a task to.
 EVENT_STATUS: dict[str, TaskStatus] = {
@@ -239,19 +237,9 @@ _TASK_EVENTS = TypeAdapter(Annotated[
     Annotated[TaskEvent, Tag("event")] | Annotated[TaskEventBatch, Tag("batch")], Discriminator(_version)])
 
 
-def parse_task_event(body: bytes) -> TaskEvent:
-    try:
-        return _TASK_EVENT.validate_json(body)
-    except _UNPARSABLE as exc:
-        raise PoisonMessage(f"not a valid task event: {_first_error(exc)}") from exc
-
-
 def parse_task_events(body: bytes) -> list[TaskEvent]:
     """The events of one `tm.events` message: a single event (v1) or a batch (v2)."""
-    try:
-        parsed = _TASK_EVENTS.validate_json(body)
-    except _UNPARSABLE as exc:
-        raise PoisonMessage(f"not a valid task event: {_first_error(exc)}") from exc
+    parsed = _parsed(_TASK_EVENTS.validate_json, body, "task event")
     return parsed.events if isinstance(parsed, TaskEventBatch) else [parsed]
 
 
@@ -261,10 +249,7 @@ def task_event_batch_body(bodies: list[bytes]) -> bytes:
 
 
 def parse_heartbeat(body: bytes) -> WorkerHeartbeat:
-    try:
-        return WorkerHeartbeat.model_validate_json(body)
-    except _UNPARSABLE as exc:
-        raise PoisonMessage(f"not a valid worker heartbeat: {_first_error(exc)}") from exc
+    return _parsed(WorkerHeartbeat.model_validate_json, body, "worker heartbeat")
 
 
 # --- control ---------------------------------------------------------------------
@@ -284,10 +269,7 @@ ControlMessage = CancelTask
 
 
 def parse_control(body: bytes) -> ControlMessage:
-    try:
-        return CancelTask.model_validate_json(body)
-    except _UNPARSABLE as exc:
-        raise PoisonMessage(f"not a valid control message: {_first_error(exc)}") from exc
+    return _parsed(CancelTask.model_validate_json, body, "control message")
 
 
 # --- questions to the dispatcher (request/reply on tm.dispatcher.rpc) -----------------
@@ -310,6 +292,14 @@ class CancelledTasksReply(Frozen):
 # Anything a hostile body can make a parser raise (a nesting past pydantic's
 # recursion limit, a number past its range): the message is poison, never retried.
 _UNPARSABLE = (ValueError, TypeError, RecursionError)
+
+
+def _parsed(validate: Callable[[bytes], T], body: bytes, what: str) -> T:
+    """`validate(body)`, or PoisonMessage naming what the body is not and its first error."""
+    try:
+        return validate(body)
+    except _UNPARSABLE as exc:
+        raise PoisonMessage(f"not a valid {what}: {_first_error(exc)}") from exc
 
 
 def _first_error(exc: Exception) -> str:

@@ -32,7 +32,7 @@ from shared.json_limits import (
     check_json_shape,
     loads_checked,
 )
-from shared.messages import TaskMessage, parse_task_event, utcnow
+from shared.messages import TaskMessage, parse_task_events, utcnow
 from shared.security.callback_policy import CallbackPolicy
 from shared.task_request import BatchItem, RequestLimits, ValidTask, validate_task_request
 from shared.task_types import TaskType, TaskTypeRegistry, default_registry
@@ -142,7 +142,7 @@ def deep_body(depth: int) -> bytes:
 @settings(max_examples=100, deadline=None)
 @given(st.binary(max_size=200) | st.integers(0, 1100).map(deep_body))
 def test_a_consumer_parse_answers_poison_and_never_anything_else(body: bytes) -> None:
-    for parse in (TaskMessage.parse, parse_task_event):
+    for parse in (TaskMessage.parse, parse_task_events):
         try:
             parse(body)
         except PoisonMessage:
