@@ -70,6 +70,7 @@ RULES: tuple[AccessRule, ...] = (
     rule("GET", "/metrics", Open.METRICS),
     rule("GET", "/api/v1/openapi.json", Open.PUBLIC),
     rule("GET", "/api/v1/docs", Open.PUBLIC),
+    rule("GET", "/api/v1/docs/{asset}", Open.PUBLIC),  # the files of routes/docs.py, and 404 for others
     rule("GET", "/api/v1/asyncapi.json", Open.PUBLIC),
     # The console's static files; what it shows is read with the operator's key.
     rule("GET", "/console", Open.PUBLIC),

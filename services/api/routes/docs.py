@@ -1,15 +1,17 @@
 """`/api/v1/openapi.json` (the contract, generated from the app),
 `/api/v1/asyncapi.json` (the AMQP contract) and
-`/api/v1/docs` (the same contract as a page a person can read; self-contained,
-no scripts from elsewhere)."""
+`/api/v1/docs` (that contract in Swagger UI, an interactive reference). Swagger UI's
+files come from the swagger-ui-py package and are served by the api itself, so the
+page works offline and loads nothing from another origin (decision 0190)."""
 
 from __future__ import annotations
 
-import html
-import json
+from importlib import resources, util
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from services.api.asyncapi import build_asyncapi
 from services.api.openapi import DocContext, Operation, build_openapi, documented
@@ -42,42 +44,46 @@ async def asyncapi_json(request: web.Request) -> web.Response:
     return web.json_response(request.app[ASYNCAPI_DOCUMENT])
 
 
-@routes.get("/api/v1/docs")
-@documented(Operation(summary="This document as a page", tag="operations", media_type="text/html",
-                      responses={200: (None, "HTML.")}))
-async def docs_page(request: web.Request) -> web.Response:
-    return web.Response(text=render(document(request.app)), content_type="text/html",
-                        headers={"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'"})
+# Only this origin's files; no inline script or style. `data:` images: Swagger UI's style
+# sheet draws its icons as data: URIs. connect-src 'self': the contract and "Try it out".
+_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+           "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+_HEADERS = {"Content-Security-Policy": _POLICY, "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
 
 
-def render(doc: dict[str, Any]) -> str:
-    e = html.escape
-    parts = [f"<h1>{e(doc['info']['title'])}</h1><p>{e(doc['info']['description'])}</p>",
-             '<p>Machine-readable: <a href="/api/v1/openapi.json">openapi.json</a> (OpenAPI 3.1).</p>']
-    for path, methods in doc["paths"].items():
-        for method, op in methods.items():
-            scope = op.get("x-required-scope")
-            auth = f"API key with scope <code>{e(scope)}</code>" if scope else (
-                "bearer token" if op.get("security") else "no authentication")
-            parts.append(f'<section><h2><code>{e(method.upper())} {e(path)}</code></h2>'
-                         f"<p><b>{e(op['summary'])}</b> &mdash; {auth}</p>")
-            if op.get("description"):
-                parts.append(f"<p>{e(op['description'])}</p>")
-            for param in op.get("parameters", []):
-                parts.append(f"<p>{e(param['in'])} parameter <code>{e(param['name'])}</code>"
-                             f"{' (required)' if param.get('required') else ''}</p>")
-            if "requestBody" in op:
-                for media, content in op["requestBody"]["content"].items():
-                    parts.append(f"<details><summary>Request body ({e(media)})</summary><pre>"
-                                 f"{e(json.dumps(content['schema'], indent=2))}</pre></details>")
-            rows = "".join(f"<tr><td>{e(code)}</td><td>{e(r['description'])}</td></tr>"
-                           for code, r in op["responses"].items())
-            parts.append(f"<table>{rows}</table></section>")
-    parts.append("<h2>Schemas</h2>")
-    for name, schema in doc["components"]["schemas"].items():
-        parts.append(f"<details><summary><code>{e(name)}</code></summary><pre>"
-                     f"{e(json.dumps(schema, indent=2))}</pre></details>")
-    style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.4}"
-             "section{border-top:1px solid #ccc}td{padding:0 1em}pre{background:#f6f6f6;padding:.5em}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{e(doc['info']['title'])} API</title>"
-            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+def _swagger_ui_dist() -> Path:
+    # The package's folder, found without importing it (its __init__ loads framework glue we
+    # do not use); its static/ folder is Swagger UI's dist, with Swagger UI's LICENSE.
+    spec = util.find_spec("swagger_ui")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("swagger-ui-py is not installed (it is a dependency in pyproject.toml)")
+    return Path(next(iter(spec.submodule_search_locations))) / "static"
+
+
+# path -> (where the file is, media type, what it is). One route per file, like the console's:
+# each answers with one media type, which the contract states.
+_OWN = resources.files("services.api").joinpath("api_reference")
+_FILES: dict[str, tuple[Any, str, str]] = {
+    "/api/v1/docs": (_OWN / "index.html", "text/html", "This contract in Swagger UI: an interactive reference (a page)"),
+    "/api/v1/docs/reference.js": (_OWN / "reference.js", "text/javascript", "The reference page's start-up script"),
+    "/api/v1/docs/reference.css": (_OWN / "reference.css", "text/css", "The reference page's style sheet"),
+    "/api/v1/docs/swagger-ui-bundle.js": (_swagger_ui_dist() / "swagger-ui-bundle.js", "text/javascript",
+                                          "Swagger UI's script (from the swagger-ui-py package)"),
+    "/api/v1/docs/swagger-ui.css": (_swagger_ui_dist() / "swagger-ui.css", "text/css", "Swagger UI's style sheet"),
+    "/api/v1/docs/swagger-ui-LICENSE": (_swagger_ui_dist() / "LICENSE", "text/plain", "Swagger UI's licence (Apache-2.0)"),
+}
+
+
+def _serve(source: Any, media_type: str) -> Handler:
+    # Read once, at start: Swagger UI's script is 1.5 MB, and a missing file fails the start.
+    body = source.read_bytes()
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type=media_type, charset="utf-8", headers=_HEADERS)
+    return handler
+
+
+for _path, (_source, _media, _summary) in _FILES.items():
+    routes.get(_path)(documented(Operation(summary=_summary, tag="reference", media_type=_media,
+                                           responses={200: (None, "The file.")}))(_serve(_source, _media)))
