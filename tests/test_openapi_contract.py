@@ -62,9 +62,14 @@ async def test_the_document_covers_every_route_with_security_and_errors(
     assert {"echo", "sleep", "file_digest"} <= set(variants)
     sleep = doc["components"]["schemas"]["SleepPayload"]
     assert sleep["properties"]["seconds"]["maximum"] == 3600 and sleep["additionalProperties"] is False
+    # The reference page is Swagger UI on this document, from the api's own files (its rendering:
+    # tests/test_api_reference_browser.py).
     async with http.get(fleet.api_url + "/api/v1/docs") as response:
         page = await response.text()
-    assert response.status == 200 and "POST /api/v1/tasks" in page and "tasks:write" in page
+    assert response.status == 200 and "script-src 'self'" in response.headers["Content-Security-Policy"]
+    assert '<script src="/api/v1/docs/swagger-ui-bundle.js">' in page and "://" not in page
+    async with http.get(fleet.api_url + "/api/v1/docs/reference.js") as response:
+        assert '"/api/v1/openapi.json"' in await response.text()
 
 
 def test_schemathesis_finds_no_failure_with_its_default_checks(live: tuple[Fleet, str], tmp_path) -> None:  # type: ignore[no-untyped-def]

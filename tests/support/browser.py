@@ -55,7 +55,7 @@ def wait_until(browser: WebDriver, condition: object, message: str) -> object:
     except TimeoutException:
         # What the operator would have seen: the alert line and the page's text.
         page = browser.execute_script(
-            "return [document.getElementById('message').textContent, document.body.innerText.slice(0, 2000)]")
+            "return [document.getElementById('message')?.textContent, document.body.innerText.slice(0, 2000)]")
         logs = browser.get_log("browser")
         raise AssertionError(f"{message}: not seen in {WAIT_SECONDS}s at {browser.current_url}\n"
                              f"alert: {page[0]!r}\npage: {page[1]}\nbrowser log: {logs}") from None
