@@ -15,6 +15,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field, create_model
 
 from services.api.access_policy import Open, decide
+from services.api.batch_envelope import envelope_model, item_union
 from services.api.schemas import ErrorResponse
 from shared.json_types import json_int
 from shared.security.api_keys import Scope
@@ -123,18 +124,9 @@ def task_union_schema(ctx: DocContext, schemas: dict[str, Any], base: type[TaskR
     return _union(task_request_models(ctx, base), schemas)
 
 
-def batch_request_schema(ctx: DocContext, schemas: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["tasks"],
-        "properties": {
-            "tasks": {"type": "array", "minItems": 1, "maxItems": ctx.settings.api.max_batch_size,
-                      "items": _union(task_request_models(ctx, BatchItem), schemas)},
-            "atomic": {"type": "boolean", "default": False,
-                       "description": "true: create all tasks or none."},
-        },
-    }
+def batch_request_model(ctx: DocContext) -> type[BaseModel]:
+    """The batch envelope the handler validates, its items typed as the task types' batch items."""
+    return envelope_model(ctx.settings.api.max_batch_size, item_union(task_request_models(ctx, BatchItem)))
 
 
 # --- the document ---------------------------------------------------------------------------------

@@ -19,8 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from services.api import task_repository as repo
 from services.api.admission import Admitted
 from services.api.auth import principal_of
+from services.api.batch_envelope import parse_envelope
 from services.api.http import json_response, read_json
-from services.api.openapi import Operation, batch_request_schema, documented, task_request_schema
+from services.api.openapi import Operation, batch_request_model, documented, task_request_schema
 from services.api.rate_limit import RATE_LIMITS
 from services.api.resources import ADMISSION, CHECKS, ENGINE, LIMITS, PUBLISHER, REGISTRY, SETTINGS
 from services.api.schemas import (
@@ -111,27 +112,15 @@ async def submit_task(request: web.Request) -> web.Response:
     summary="Submit several tasks",
     description="Answers per item, in order: 201 all created, 207 some refused (each item says why), 422 none "
                 "could be (or any is invalid with `atomic: true`: then nothing is created).",
-    body=batch_request_schema, headers=_IDEMPOTENCY_DOC, errors=(409, 503),
+    body=batch_request_model, headers=_IDEMPOTENCY_DOC, errors=(409, 503),
     responses={201: (BatchResult, "Every task created."), 207: (BatchResult, "Some items refused."),
                422: ((BatchResult, ErrorResponse), "No task created: per-item results, or the envelope is invalid.")},
 ))
 async def submit_batch(request: web.Request) -> web.Response:
     app = request.app
     principal = principal_of(request)
-    body = await read_json(request)
-    if not isinstance(body, dict) or not isinstance(body.get("tasks"), list):
-        raise InvalidRequest("send {\"tasks\": [...], \"atomic\": false}", [FieldError("tasks", "must be an array")])
-    unknown = set(body) - {"tasks", "atomic"}
-    if unknown:
-        raise InvalidRequest("unknown fields", [FieldError(k, "unknown field") for k in sorted(unknown)])
-    items, atomic = body["tasks"], body.get("atomic", False)
-    if not isinstance(atomic, bool):
-        raise InvalidRequest("atomic must be a boolean", [FieldError("atomic", "must be true or false")])
-    limit = app[SETTINGS].api.max_batch_size
-    if not items or len(items) > limit:
-        raise InvalidRequest(
-            f"a batch holds 1 to {limit} tasks", [FieldError("tasks", f"holds {len(items)} items; allowed 1..{limit}")]
-        )
+    envelope = parse_envelope(await read_json(request), app[SETTINGS].api.max_batch_size)
+    items, atomic = envelope.tasks, envelope.atomic
     header_key = idempotency_key(request)
 
     outcomes: list[Any] = []
