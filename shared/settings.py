@@ -123,6 +123,27 @@ def _split_nodes(url: str) -> list[str]:
     return [urlunsplit(parts._replace(netloc=f"{userinfo}{at}{node.strip()}")) for node in nodes]
 
 
+def _host_and_port(item: str, default_port: int) -> tuple[str, int]:
+    """`host`, `host:port`, `[v6]:port` or a bare IPv6 address."""
+    item = item.strip()
+    if not item:
+        raise ValueError("POSTGRES_HOST lists an empty host: write h1:5432,h2:5432")
+    if item.startswith("["):
+        host, _, rest = item[1:].partition("]")
+        port = rest.removeprefix(":")
+    elif item.count(":") == 1:
+        host, _, port = item.partition(":")
+    else:
+        host, port = item, ""
+    if port and not port.isdigit():
+        raise ValueError(f"POSTGRES_HOST: {port!r} is not a port number")
+    return host, int(port) if port else default_port
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def _default_local_data_dir() -> Path:
     # PostgreSQL refuses to run as root, so as root the cluster belongs to the
     # `postgres` system user and lives where that user can reach it.
@@ -141,8 +162,14 @@ class PostgresSettings(BaseSettings):
 
     model_config = _ENV
 
+    # One host, or a primary and its standbys: `h1:5432,h2:5432` (a host without a port
+    # takes POSTGRES_PORT). With several, connections go to the one that accepts writes.
     host: str | None = Field(default=None, alias="POSTGRES_HOST")
     port: int = Field(default=5432, alias="POSTGRES_PORT", ge=1, le=65535)
+    # libpq's target_session_attrs; unset: `read-write` with several hosts, asyncpg's
+    # default (`any`, or PGTARGETSESSIONATTRS) with one. Decision 0195.
+    target_session_attrs: Literal["any", "primary", "read-write"] | None = Field(
+        default=None, alias="POSTGRES_TARGET_SESSION_ATTRS")
     db: str = Field(default="taskmgr", alias="POSTGRES_DB")
     user: str = Field(default="postgres", alias="POSTGRES_USER")
     password: SecretStr | None = Field(default=None, alias="POSTGRES_PASSWORD")
@@ -160,23 +187,45 @@ class PostgresSettings(BaseSettings):
 
     @property
     def effective_host(self) -> str:
-        return self.host or "127.0.0.1"
+        """The first host (one-host tools such as the bench's DSN; processes use addresses())."""
+        return self.addresses()[0][0]
 
     @property
     def effective_port(self) -> int:
-        return self.port if self.host else self.local_port
+        return self.addresses()[0][1]
+
+    def addresses(self) -> list[tuple[str, int]]:
+        """(host, port) of every server POSTGRES_HOST lists, in the order they are tried."""
+        if not self.host:
+            return [("127.0.0.1", self.local_port)]
+        return [_host_and_port(item, self.port) for item in self.host.split(",")]
+
+    def session_attrs(self) -> str | None:
+        """The target_session_attrs connections ask for (None: the driver's default)."""
+        if self.target_session_attrs is None and len(self.addresses()) > 1:
+            return "read-write"
+        return self.target_session_attrs
 
     def sqlalchemy_url(self, database: str | None = None) -> str:
         from sqlalchemy.engine import URL
 
         # With a CA bundle the engine passes an SSLContext instead (see ssl_context()).
-        query = {"ssl": self.sslmode} if self.sslmode and not self.sslrootcert else {}
+        query: dict[str, str | tuple[str, ...]] = {"ssl": self.sslmode} if self.sslmode and not self.sslrootcert else {}
+        addresses = self.addresses()
+        host: str | None = addresses[0][0]
+        port: int | None = addresses[0][1]
+        if len(addresses) > 1:
+            # SQLAlchemy's asyncpg dialect: one `host=h:p` query parameter per server.
+            query["host"] = tuple(f"{_url_host(h)}:{p}" for h, p in addresses)
+            host = port = None
+        if attrs := self.session_attrs():
+            query["target_session_attrs"] = attrs
         return URL.create(
             "postgresql+asyncpg",
             username=self.user,
             password=self.password.get_secret_value() if self.password else None,
-            host=self.effective_host,
-            port=self.effective_port,
+            host=host,
+            port=port,
             database=database or self.db,
             query=query,
         ).render_as_string(hide_password=False)
@@ -193,7 +242,19 @@ class PostgresSettings(BaseSettings):
     def describe(self) -> str:
         """Where we connect, without the password (safe to log)."""
         origin = "local pgserver" if self.uses_local_server else "external"
-        return f"{self.user}@{self.effective_host}:{self.effective_port}/{self.db} ({origin})"
+        hosts = ",".join(f"{_url_host(h)}:{p}" for h, p in self.addresses())
+        attrs = f", {self.session_attrs()}" if self.session_attrs() else ""
+        return f"{self.user}@{hosts}/{self.db} ({origin}{attrs})"
+
+    @field_validator("host")
+    @classmethod
+    def _hosts_parse(cls, value: str | None) -> str | None:
+        items = value.split(",") if value else []
+        hosts = [_host_and_port(item, 5432)[0] for item in items]
+        if len(hosts) > 1 and any(":" in host for host in hosts):
+            # SQLAlchemy's multi-host URL splits `host:port` on the colon.
+            raise ValueError("POSTGRES_HOST: name the servers of a list (no IPv6 literals), h1:5432,h2:5432")
+        return value
 
     @field_validator("local_os_user")
     @classmethod

@@ -257,14 +257,20 @@ async def drop_database(settings: PostgresSettings, database: str) -> None:
 
 
 def connect_kwargs(settings: PostgresSettings, database: str | None = None) -> dict[str, object]:
-    return {
-        "host": settings.effective_host,
-        "port": settings.effective_port,
+    """asyncpg.connect()'s arguments; with several hosts, asyncpg tries them in order and
+    keeps the first whose session matches target_session_attrs (the primary)."""
+    addresses = settings.addresses()
+    kwargs: dict[str, object] = {
+        "host": addresses[0][0] if len(addresses) == 1 else [host for host, _ in addresses],
+        "port": addresses[0][1] if len(addresses) == 1 else [port for _, port in addresses],
         "user": settings.user,
         "password": settings.password.get_secret_value() if settings.password else None,
         "database": database or settings.db,
         "ssl": settings.sslmode,
     }
+    if attrs := settings.session_attrs():
+        kwargs["target_session_attrs"] = attrs
+    return kwargs
 
 
 def _identifier(name: str) -> str:
