@@ -12,6 +12,7 @@ from aiohttp.typedefs import Handler
 from loguru import logger
 from pydantic import BaseModel
 
+from shared.db.errors import database_unavailable
 from shared.errors import (
     Conflict,
     FieldError,
@@ -112,6 +113,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             # HEAD is implied by GET (RFC 9110); the contract lists the methods it documents.
             headers["Allow"] = ",".join(m for m in exc.headers["Allow"].split(",") if m.strip() != "HEAD")
         return json_response(error_body(code, message), exc.status, headers)
-    except Exception:  # noqa: BLE001 - the last resort: any other error is a logged 500, never a trace
+    except Exception as exc:  # noqa: BLE001 - the last resort: any other error is a logged 500, never a trace
+        if database_unavailable(exc):
+            # A read met a lost connection or no primary (a failover under way): retry, not a bug.
+            logger.warning("503 on {} {}: database unavailable ({})", request.method, request.path,
+                           type(exc).__name__)
+            return json_response(error_body("unavailable", "the database is unavailable; retry shortly"), 503,
+                                 {"Retry-After": "1"})
         logger.exception("unhandled error on {} {}", request.method, request.path)
         return json_response(error_body("internal_error", "an internal error occurred"), 500)

@@ -85,7 +85,7 @@ class LocalPostgres:
     def is_running(self) -> bool:
         if not (self.data_dir / "PG_VERSION").exists():
             return False
-        result = self._run([self._bin("pg_ctl"), "status", "-D", str(self.data_dir)], check=False)
+        result = self._run([self.binary("pg_ctl"), "status", "-D", str(self.data_dir)], check=False)
         return result.returncode == 0
 
     # --- helpers ---------------------------------------------------------------------
@@ -104,7 +104,7 @@ class LocalPostgres:
             raise LocalPostgresError("creating the data folder", exc.strerror or str(exc), path=root) from None
         self._run(
             [
-                self._bin("initdb"),
+                self.binary("initdb"),
                 "-D",
                 str(self.data_dir),
                 "-U",
@@ -116,7 +116,7 @@ class LocalPostgres:
         )
 
     def _pg_ctl(self, *args: str) -> None:
-        self._run([self._bin("pg_ctl"), *args, "-D", str(self.data_dir)])
+        self._run([self.binary("pg_ctl"), *args, "-D", str(self.data_dir)])
 
     def _run(self, argv: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
         owner = self._os_user()
@@ -147,7 +147,8 @@ class LocalPostgres:
             return None
         return pwd.getpwnam(self._settings.local_os_user)
 
-    def _bin(self, name: str) -> str:
+    def binary(self, name: str) -> str:
+        """The path of one of the server binaries (initdb, pg_ctl, pg_basebackup...), runnable by the server's OS user."""
         install = _package_install()
         if self._os_user() is not None:
             install = _reachable_copy(install, self._settings.local_data_dir.parent)
