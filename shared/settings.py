@@ -170,6 +170,8 @@ class PostgresSettings(BaseSettings):
     # default (`any`, or PGTARGETSESSIONATTRS) with one. Decision 0195.
     target_session_attrs: Literal["any", "primary", "read-write"] | None = Field(
         default=None, alias="POSTGRES_TARGET_SESSION_ATTRS")
+    # With several hosts: how long each server has to accept a connection before the next is tried.
+    connect_timeout: float = Field(default=5, alias="POSTGRES_CONNECT_TIMEOUT", gt=0, le=300)
     db: str = Field(default="taskmgr", alias="POSTGRES_DB")
     user: str = Field(default="postgres", alias="POSTGRES_USER")
     password: SecretStr | None = Field(default=None, alias="POSTGRES_PASSWORD")

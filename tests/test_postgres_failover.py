@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import socket
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -16,12 +17,16 @@ from dataclasses import dataclass, field
 
 import aiohttp
 import pytest
+from sqlalchemy import text
 
+from shared.db.engine import create_engine
 from shared.db.local_server import connect_kwargs
+from shared.db.pool import create_pool
 from shared.settings import PostgresSettings
 from tests.conftest import FleetFactory
 from tests.support.api import TERMINAL, ApiClient
 from tests.support.callback_receiver import CallbackReceiver
+from tests.support.environment import TestEnvironment
 from tests.support.eventually import eventually
 from tests.support.fleet import Fleet
 from tests.support.postgres_pair import PostgresPair, start_pair
@@ -46,6 +51,30 @@ def test_postgres_host_lists_a_primary_and_its_standbys() -> None:
     for wrong in ("db1,,db2", "db1:port", "db1,::1"):
         with pytest.raises(ValueError, match="POSTGRES_HOST"):
             PostgresSettings(POSTGRES_HOST=wrong)
+
+
+async def test_a_server_that_never_answers_is_passed_over(environment: TestEnvironment) -> None:
+    """A primary whose machine is gone drops packets rather than refusing them: the next
+    server must still be tried (asyncpg's own list would spend its whole timeout on the first)."""
+    local = environment.postgres
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(1)  # the kernel completes the handshake; nobody ever answers
+        settings = PostgresSettings(
+            POSTGRES_HOST=f"127.0.0.1:{hole.getsockname()[1]},127.0.0.1:{local.effective_port}",
+            POSTGRES_DB=environment.database, POSTGRES_USER=local.user, POSTGRES_PASSWORD=local.password,
+            POSTGRES_CONNECT_TIMEOUT=1)
+        pool = await create_pool(settings, min_size=2, max_size=2)
+        try:
+            assert await pool.fetchval("SELECT 1") == 1
+        finally:
+            await pool.close()
+        engine = create_engine(settings, pool_size=1)
+        try:
+            async with engine.connect() as connection:
+                assert (await connection.execute(text("SELECT 1"))).scalar() == 1
+        finally:
+            await engine.dispose()
 
 
 @pytest.fixture

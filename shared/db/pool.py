@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncpg
 
 from shared.db.local_server import connect_kwargs
+from shared.db.writable_server import WritableServer
 from shared.settings import PostgresSettings
 
 
@@ -19,6 +20,8 @@ async def create_pool(
 ) -> asyncpg.Pool:
     """`min_size=0` connects on first use (a process that must start while the database is down)."""
     kwargs = connect_kwargs(settings)
+    if len(settings.addresses()) > 1:  # a primary and standbys: one server at a time
+        kwargs["connect"] = WritableServer(settings).connect
     return await asyncpg.create_pool(
         **kwargs, min_size=min_size, max_size=max_size, timeout=10, command_timeout=None,
         server_settings={"application_name": name},
