@@ -181,8 +181,9 @@ def _children(parent: int) -> list[int]:
 
 
 def _alive(pid: int) -> bool:
+    """Running, not a zombie (a killed postmaster stays one when nobody reaps it)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return False
-    return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
