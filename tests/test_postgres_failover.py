@@ -134,15 +134,14 @@ async def test_a_promoted_standby_carries_on_without_losing_an_accepted_task(
     fleet = await fleet_factory(configure, postgres=pair.settings(), extra_env=hosts)
     api = ApiClient(fleet.api_url, http)
     path = f"failover-{uuid.uuid4().hex[:8]}"
-    running = [(await api.submit({"task_type": "sleep", "payload": {"seconds": 1},
-                                   "callback_url": receiver.url(path)}))["task_id"] for _ in range(8)]
-    await eventually(lambda: _processing(api, running), timeout=20)
-
     submitter = Submitter(api, {"task_type": "test", "payload": {"message": "failover"},
                                 "callback_url": receiver.url(path)})
     submitting = asyncio.create_task(submitter.run())
     try:
         await eventually(lambda: _accepted(submitter, 5), timeout=20)
+        running = [(await api.submit({"task_type": "sleep", "payload": {"seconds": 2},
+                                       "callback_url": receiver.url(path)}))["task_id"] for _ in range(8)]
+        await eventually(lambda: _processing(api, running), timeout=20)
         pair.kill(0)  # the primary's machine is gone, mid-task and mid-submission
         await eventually(lambda: _answered(submitter, 503), timeout=20)
         # No primary until the sleeping tasks' ends reach the dispatcher, whose writes then fail.
