@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import aiohttp
+import asyncpg
 import pytest
 from sqlalchemy import text
 
@@ -124,6 +125,7 @@ async def test_a_promoted_standby_carries_on_without_losing_an_accepted_task(
     receiver: CallbackReceiver,
 ) -> None:
     await pair.wait_synchronous()
+    await _commit_waits_for_the_standby(pair)
     hosts = {"POSTGRES_HOST": pair.host_list(), "POSTGRES_USER": "postgres"}
 
     def configure(fleet: Fleet) -> None:
@@ -167,6 +169,27 @@ async def test_a_promoted_standby_carries_on_without_losing_an_accepted_task(
         assert process.alive(), f"{process.name} exited:\n{process.log_tail()}"
     print(f"failover: {len(tasks)} accepted tasks completed, {submitter.statuses.count(503)} answers 503 "
           f"({refused_before_promotion} before the promotion)")
+
+
+async def _commit_waits_for_the_standby(pair: PostgresPair) -> None:
+    """What "no loss" rests on: a COMMIT on the primary returns only once the standby has it."""
+    primary = await asyncpg.connect(host="127.0.0.1", port=pair.ports[0], user="postgres", database="postgres")
+    standby = await asyncpg.connect(host="127.0.0.1", port=pair.ports[1], user="postgres", database="postgres")
+    try:
+        await primary.execute("CREATE TABLE synchronous_probe (n int)")
+        with pair.replication_paused():
+            commit = asyncio.create_task(primary.execute("INSERT INTO synchronous_probe VALUES (1)"))
+            done, _ = await asyncio.wait([commit], timeout=1)
+            assert not done, "the primary committed what its standby had not received: replication is not synchronous"
+        await commit
+
+        async def replayed() -> None:  # flushed on the standby, visible once replayed
+            assert await standby.fetchval("SELECT count(*) FROM synchronous_probe") == 1
+
+        await eventually(replayed, timeout=20)
+    finally:
+        await primary.close()
+        await standby.close()
 
 
 async def _processing(api: ApiClient, tasks: list[str]) -> None:

@@ -13,6 +13,7 @@ commits alone instead of waiting for a standby it does not have.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pwd
 import shutil
@@ -20,6 +21,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,6 +103,19 @@ class PostgresPair:
             except ProcessLookupError:
                 pass
 
+    @contextlib.contextmanager
+    def replication_paused(self) -> Iterator[None]:
+        """The standby's WAL receiver stopped (SIGSTOP) inside the block, resumed after it."""
+        standby = self._postmaster_pid(1)
+        assert standby is not None, "the standby is not running"
+        receivers = [pid for pid in _children(standby) if b"walreceiver" in _cmdline(pid)]
+        assert receivers, "the standby has no WAL receiver"
+        os.kill(receivers[0], signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(receivers[0], signal.SIGCONT)
+
     def promote(self, index: int) -> None:
         _run([_binary("pg_ctl"), "promote", "-w", "-t", "30", "-D", str(self.data_dir(index))])
 
@@ -178,6 +193,13 @@ def _children(parent: int) -> list[int]:
         if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
             pids.append(int(entry.name))
     return pids
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _alive(pid: int) -> bool:
