@@ -27,12 +27,12 @@ from bench.fleet import Fleet
 from bench.loadgen import generator_name
 from bench.machine import describe
 from bench.profiling import Profiler, summarize
-from bench.report import Section, render_results, write_benchmarks
+from bench.report import Row, Section, render_results, write_benchmarks
 from shared.db.local_server import connect_kwargs
 from shared.topology import stage_queue
 
 SETTLE_SECONDS = 1.0  # after start, before "idle" RSS is read
-STEPS = ("ingress", "e2e", "latency", "raw", "celery", "dramatiq", "pipeline")
+STEPS = ("ingress", "e2e", "latency", "raw", "celery", "dramatiq", "pipeline", "shards")
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,8 @@ async def _measure(ctx: BenchContext, options: Options) -> list[Section]:
     found.append(sections.resources(fleet))
     if "pipeline" not in skip:
         found.append(await sections.pipeline(ctx))
+    if "shards" not in skip:
+        found.append(await _guarded_section("shards", ctx, lambda: sections.sharding(ctx)))
     return found
 
 
@@ -149,6 +151,12 @@ async def _guarded(name: str, ctx: BenchContext, measure):  # type: ignore[no-un
     except Exception as exc:  # noqa: BLE001 - reported in the table instead
         logger.opt(exception=exc).error("{} failed", name)
         return f"failed: {type(exc).__name__}: {exc}"[:300]
+
+
+async def _guarded_section(name: str, ctx: BenchContext, measure) -> Section:  # type: ignore[no-untyped-def]
+    """A whole section under `_guarded`: a failure or a skip becomes its one row."""
+    found = await _guarded(name, ctx, measure)
+    return found if isinstance(found, Section) else Section(name, [Row(name, found)])
 
 
 async def _purge_stage_queue(ctx: BenchContext) -> None:

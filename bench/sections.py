@@ -174,5 +174,26 @@ async def pipeline(ctx: BenchContext) -> Section:
     return await module.measure(ctx)  # type: ignore[no-any-return]
 
 
+SHARDING_TARGET = 3.0
+
+
+async def sharding(ctx: BenchContext) -> Section:
+    """6. A 304-page PDF, sharded against unsharded (bench/sharded_documents.py, decision 0170)."""
+    from bench import sharded_documents
+
+    title = "6. Sharded documents: a 304-page PDF, time to searchable"
+    if ctx.sizes.quick:
+        return Section(title, [Row("sharded against unsharded", skipped("--quick"))])
+    found = await sharded_documents.measure(rounds=1, latency=0.5)  # a remote model answering in 0.5 s
+    return Section(title, [Row(
+        f"{found['shard_pages']} pages per shard, {found['embed_workers']} embed workers × "
+        f"{found['slots_per_worker']} slots, {found['backend']}",
+        f"{found['sharded_s']:.1f} s sharded", f"unsharded: {found['unsharded_s']:.1f} s",
+        f"{found['speedup']:.2f}× faster", f"≥ {SHARDING_TARGET:.0f}× faster",
+        verdict(found["speedup"] >= SHARDING_TARGET))],
+        notes=[("Parsing a PDF is CPU-bound: the shards' parses share this machine's cores, so the speed-up is "
+               "bounded by the cores the preprocess workers get, not by the embed workers.")])
+
+
 def skipped(reason: str) -> str:
     return f"skipped: {reason}"

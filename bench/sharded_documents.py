@@ -99,7 +99,9 @@ async def time_to_searchable(api_url: str, name: str, shard_pages: int, round_no
             "stage_seconds": result["durations"]}
 
 
-async def main(args: argparse.Namespace) -> None:
+async def measure(*, embed_workers: int = 4, latency: float = 0.2, shard_pages: int = 50, rounds: int = 2,
+                  local: bool = False, report: bool = False) -> dict[str, Any]:
+    """Time to searchable, unsharded and sharded, alternating, the best of `rounds` each."""
     corpus = default_corpus_dir()
     uploads = Path(tempfile.mkdtemp(prefix="bench-shards-"))
     name = f"long-{COPIES * 76}p.pdf"
@@ -108,14 +110,14 @@ async def main(args: argparse.Namespace) -> None:
     runner = None
     fleet = Fleet(env, Path(tempfile.mkdtemp(prefix="bench-shards-logs-")))
     common = {"UPLOAD_ROOTS": str(uploads), "EMBEDDING_CACHE": "false", "WORKER_POOL_SIZE": "4"}
-    if not args.local:
-        runner, base_url = await fake_endpoint(args.latency)
+    if not local:
+        runner, base_url = await fake_endpoint(latency)
         common |= {"EMBEDDING_BACKEND": "openai", "EMBEDDING_BASE_URL": base_url, "EMBEDDING_MODEL": "fake",
                    "EMBEDDING_API_KEY": "sk-bench", "EMBEDDING_DIMENSIONS": str(DIMENSION)}
     try:
         processes = [fleet.api(**common), fleet.dispatcher(**common)]
         for stage in PIPELINE_STAGES:
-            for i in range(args.embed_workers if stage == "embed" else 1):
+            for i in range(embed_workers if stage == "embed" else 1):
                 process = fleet.worker(stage, **common)
                 if stage == "embed":  # several of one stage: the table needs a name each
                     fleet.processes[f"worker-embed-{i}"] = fleet.processes.pop("worker-embed")
@@ -125,22 +127,28 @@ async def main(args: argparse.Namespace) -> None:
         for process in processes:
             await process.start(timeout=180)
         runs = []
-        for round_no in range(args.rounds):
-            for shard_pages in (0, args.shard_pages):
-                runs.append(await time_to_searchable(fleet.api_url, name, shard_pages, round_no))
-                print(json.dumps(runs[-1]), flush=True)
+        for round_no in range(rounds):
+            for pages_per_shard in (0, shard_pages):
+                runs.append(await time_to_searchable(fleet.api_url, name, pages_per_shard, round_no))
+                if report:
+                    print(json.dumps(runs[-1]), flush=True)
         whole = [r["seconds"] for r in runs if r["shard_pages"] == 0]
         sharded = [r["seconds"] for r in runs if r["shard_pages"]]
-        print(json.dumps({"pages": pages, "embed_workers": args.embed_workers, "slots_per_worker": 4,
-                          "backend": "local" if args.local else f"fake openai, {args.latency}s per request",
-                          "unsharded_s": min(whole), "sharded_s": min(sharded),
-                          "speedup": round(min(whole) / min(sharded), 2)}))
+        return {"pages": pages, "embed_workers": embed_workers, "slots_per_worker": 4, "shard_pages": shard_pages,
+                "backend": "local" if local else f"fake openai, {latency}s per request",
+                "unsharded_s": min(whole), "sharded_s": min(sharded),
+                "speedup": round(min(whole) / min(sharded), 2)}
     finally:
         fleet.stop()
         if runner is not None:
             await runner.cleanup()
         await destroy_environment(env)
         shutil.rmtree(uploads, ignore_errors=True)
+
+
+async def main(args: argparse.Namespace) -> None:
+    print(json.dumps(await measure(embed_workers=args.embed_workers, latency=args.latency,
+                                   shard_pages=args.shard_pages, rounds=args.rounds, local=args.local, report=True)))
 
 
 if __name__ == "__main__":
