@@ -64,6 +64,12 @@ class Keyed:
     priority: int
     message: dict[str, Any]  # published when a slot is granted
     can_wait: bool = True  # False: refused instead of stored (its message holds a secret)
+    fair_kb: str | None = None  # set for a stage's fair window: waiters are granted round-robin by kb (0161)
+
+
+def fair_window_key(stage: str) -> str:
+    """The system key of a first stage's fair window (decision 0161); no client can name it."""
+    return scoped_key(None, f"fair:{stage}")
 
 
 _LOCK_KEYS = text(f"""
@@ -80,7 +86,8 @@ SELECT count(*) FROM (SELECT id FROM tasks WHERE id = ANY(CAST(:ids AS uuid[])) 
 _TAKE = text("""
 WITH e AS (
     SELECT * FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS e(
-        task_id uuid, run int, key text, max_concurrency int, priority int, ord int, message jsonb, can_wait bool)
+        task_id uuid, run int, key text, max_concurrency int, priority int, ord int, message jsonb, can_wait bool,
+        fair_kb text)
 ), holding AS (
     SELECT e.task_id FROM e JOIN concurrency_slots s ON s.task_id = e.task_id AND s.run = e.run
 ), held AS (
@@ -99,25 +106,36 @@ WITH e AS (
     INSERT INTO concurrency_slots (task_id, run, key)
     SELECT task_id, run, key FROM decided WHERE outcome = 'granted'
     ON CONFLICT (task_id) DO UPDATE SET run = EXCLUDED.run, key = EXCLUDED.key, acquired_at = now()
+), fair AS (
+    -- A fair window's waiter joins its kb's line one round after the kb's last waiter, or, for a kb
+    -- with none, at the round being granted now: one task of each kb per round (decision 0161).
+    SELECT d.task_id, GREATEST(
+        COALESCE((SELECT max(w.fair_rank) FROM concurrency_waiting w WHERE w.key = d.key AND w.kb_id = d.fair_kb), 0),
+        COALESCE((SELECT w.fair_rank - 1 FROM concurrency_waiting w WHERE w.key = d.key
+                  ORDER BY w.priority DESC, w.fair_rank, w.seq LIMIT 1), 0)
+    ) + row_number() OVER (PARTITION BY d.key, d.fair_kb ORDER BY d.ord) AS fair_rank
+    FROM decided d WHERE d.outcome = 'waiting' AND d.fair_kb IS NOT NULL
 ), waits AS (
-    INSERT INTO concurrency_waiting (task_id, run, key, max_concurrency, priority, message)
-    SELECT task_id, run, key, max_concurrency, priority, message FROM decided WHERE outcome = 'waiting' ORDER BY ord
+    INSERT INTO concurrency_waiting (task_id, run, key, max_concurrency, priority, message, kb_id, fair_rank)
+    SELECT d.task_id, d.run, d.key, d.max_concurrency, d.priority, d.message, d.fair_kb, COALESCE(f.fair_rank, 0)
+    FROM decided d LEFT JOIN fair f ON f.task_id = d.task_id WHERE d.outcome = 'waiting' ORDER BY d.ord
     ON CONFLICT (task_id) DO NOTHING
 )
 SELECT CAST(task_id AS text) AS task_id, outcome FROM decided
 UNION ALL SELECT CAST(task_id AS text), 'granted' FROM holding
 """).bindparams(bindparam("rows", type_=JSONB))
 
-# The next waiting tasks of each key, as many as its free slots: a slot each, and their
+# The next waiting tasks of each key, as many as its free slots (priority, then round: 0 except
+# for a fair window, whose rounds take one task of each kb; then arrival): a slot each, and their
 # messages into the release outbox (published by the dispatcher's ReleasePublisher).
 _GRANT = text(f"""
 WITH held AS (
     SELECT key, count(*) AS n FROM concurrency_slots WHERE key = ANY(CAST(:keys AS text[])) GROUP BY key
 ), next AS (
-    SELECT w.*, row_number() OVER (PARTITION BY w.key ORDER BY w.priority DESC, w.seq) AS rn
+    SELECT w.*, row_number() OVER (PARTITION BY w.key ORDER BY w.priority DESC, w.fair_rank, w.seq) AS rn
     FROM unnest(CAST(:keys AS text[])) AS k(key)
     CROSS JOIN LATERAL (
-        SELECT * FROM concurrency_waiting c WHERE c.key = k.key ORDER BY c.priority DESC, c.seq
+        SELECT * FROM concurrency_waiting c WHERE c.key = k.key ORDER BY c.priority DESC, c.fair_rank, c.seq
         LIMIT {MAX_CONCURRENCY}) AS w
 ), pick AS (
     SELECT n.task_id FROM next n LEFT JOIN held h ON h.key = n.key WHERE COALESCE(h.n, 0) + n.rn <= n.max_concurrency
@@ -170,7 +188,7 @@ async def take(conn: AsyncConnection, entries: Sequence[Keyed]) -> dict[str, Out
     await conn.execute(_LOCK_TASKS, {"ids": sorted({e.task_id for e in entries})})
     await lock_keys(conn, (e.key for e in entries))
     rows = [{"task_id": e.task_id, "run": e.run, "key": e.key, "max_concurrency": e.max_concurrency,
-             "priority": e.priority, "ord": i, "message": e.message, "can_wait": e.can_wait}
+             "priority": e.priority, "ord": i, "message": e.message, "can_wait": e.can_wait, "fair_kb": e.fair_kb}
             for i, e in enumerate(entries)]
     return {r.task_id: r.outcome for r in await conn.execute(_TAKE, {"rows": rows})}
 

@@ -313,6 +313,10 @@ class ApiSettings(BaseSettings):
     keepalive_timeout_seconds: float = Field(default=15, alias="API_KEEPALIVE_TIMEOUT", gt=0)
     # A JSON body must arrive within this; an upload may stall this long between chunks (408).
     body_timeout_seconds: float = Field(default=30, alias="API_BODY_TIMEOUT", gt=0)
+    # Fairness between knowledge bases (decision 0161): under backlog, a first stage's tasks are
+    # published through a window of this many, granted round-robin across kb_id within a priority.
+    fair_scheduling: bool = Field(default=True, alias="FAIR_SCHEDULING")
+    fair_window: int = Field(default=64, alias="FAIR_WINDOW", ge=1, le=1000)
 
 
 def _split_list(value: object) -> object:

@@ -19,6 +19,7 @@ to each request is the same as if it had its own transaction.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,10 +32,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.api import dependencies, scheduling
 from services.api import task_repository as repo
+from services.api.fair_window import FairWindow
 from services.api.task_repository import TaskRow
 from shared import concurrency_keys, metrics
 from shared.amqp.publisher import Publisher
-from shared.concurrency_keys import Keyed, priority_rank, visible_key
+from shared.concurrency_keys import Keyed, fair_window_key, priority_rank, visible_key
 from shared.db.errors import DB_ERRORS
 from shared.errors import Conflict, InternalError, TaskManagerError, Unavailable
 from shared.ids import new_task_id
@@ -89,10 +91,11 @@ class _Waiting:
 class Admission:
     def __init__(
         self, engine: AsyncEngine, publisher: Publisher, *, max_in_flight: int, wait_seconds: float,
-        pool: asyncpg.Pool | None = None,
+        pool: asyncpg.Pool | None = None, fair: FairWindow | None = None,
     ) -> None:
         self._engine = engine
         self._pool = pool  # plain tasks skip SQLAlchemy when given one
+        self._fair = fair  # None: fairness between kbs is off (FAIR_SCHEDULING=false)
         self._publisher = publisher
         self._slots = asyncio.Semaphore(max_in_flight)
         self._wait_seconds = wait_seconds
@@ -160,9 +163,12 @@ class Admission:
         results: list[AdmissionResult | None] = [None] * len(items)
         published = False
         try:
-            if self._pool is not None and all(_plain(valid, row) for (valid, _, _), row in zip(items, rows, strict=True)):
+            if (self._pool is not None and all(_plain(valid, row) for (valid, _, _), row in zip(items, rows, strict=True))
+                    and (self._fair is None or not self._fair.engaged_for(row["stage"] for row in rows))):
                 plain = await self._admit_plain(self._pool, items, rows)
                 if plain is not None:
+                    if self._fair is not None:
+                        self._fair.published(row["stage"] for row in rows)
                     return plain
             async with self._engine.begin() as conn:
                 plans = await _plan_dependants(conn, items, rows, results)
@@ -185,8 +191,10 @@ class Admission:
                     results[i] = Admitted(rows[i], created=True)
                 to_publish = [i for i in new if results[i] is None]
                 # Over its concurrency key's limit: waits, queued, for a slot (decision 0160).
-                withdrawn = await _take_slots(conn, items, rows, to_publish, results)
+                withdrawn = await _take_slots(conn, items, rows, to_publish, results, plans, self._fair)
                 to_publish = [i for i in to_publish if results[i] is None]
+                if self._fair is not None:
+                    self._fair.published(rows[i]["stage"] for i in to_publish)
                 published = bool(to_publish)
                 outcomes = await asyncio.gather(
                     *(self._publisher.task(first_stage_message(items[i][0], rows[i], plans.get(i)))
@@ -301,11 +309,29 @@ def busy_key(row: dict[str, Any]) -> Conflict:
                     "cannot wait for it: its payload holds a secret, which is never stored; retry later")
 
 
+def windowed(valid: ValidTask, row: dict[str, Any], window: int, plan: dependencies.Plan | None = None
+             ) -> Keyed | None:
+    """What the fair window's gate needs of a task without a key of its own (decision 0161);
+    None for one that bypasses it (its payload holds a secret, which is never stored)."""
+    if valid.stored_payload is not None and valid.stored_payload != valid.payload:
+        return None
+    return Keyed(str(row["id"]), 1, fair_window_key(str(row["stage"])), window,
+                 priority_rank(str(row["priority"])), first_stage_message(valid, row, plan).model_dump(mode="json"),
+                 fair_kb=str(row["kb_id"] or ""))
+
+
 async def _take_slots(conn: AsyncConnection, items: Sequence[_Owned], rows: list[dict[str, Any]],
-                      candidates: list[int], results: list[AdmissionResult | None]) -> set[str]:
-    """Tasks over their key's limit get their answer now (queued, not published); answers
-    the ids of those refused (their rows are deleted)."""
+                      candidates: list[int], results: list[AdmissionResult | None],
+                      plans: dict[int, dependencies.Plan], fair: FairWindow | None) -> set[str]:
+    """Tasks over their key's limit, or behind their stage's fair window, get their answer
+    now (queued, not published); answers the ids of those refused (their rows are deleted).
+    A task with a key of its own does not take the window: one slot per task run (0160)."""
     entries = {i: k for i in candidates if (k := keyed(items[i][0], rows[i])) is not None}
+    if fair is not None:
+        unkeyed = [i for i in candidates if i not in entries]
+        stages = Counter(str(rows[i]["stage"]) for i in unkeyed)
+        entries |= {i: k for i in unkeyed if fair.engaged(str(rows[i]["stage"]), stages[str(rows[i]["stage"])])
+                    and (k := windowed(items[i][0], rows[i], fair.window, plans.get(i))) is not None}
     if not entries:
         return set()  # the plain path: no query
     outcomes = await concurrency_keys.take(conn, list(entries.values()))
@@ -313,6 +339,8 @@ async def _take_slots(conn: AsyncConnection, items: Sequence[_Owned], rows: list
     for i, entry in entries.items():
         if outcomes[entry.task_id] == "waiting":
             results[i] = Admitted(rows[i], created=True)
+            if fair is not None and entry.fair_kb is not None:
+                fair.waiting(str(rows[i]["stage"]))
         elif outcomes[entry.task_id] == "refused":
             results[i] = busy_key(rows[i])
             withdrawn.add(entry.task_id)

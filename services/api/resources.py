@@ -16,6 +16,7 @@ from services.api.admission import MAX_OPEN_TRANSACTIONS, Admission
 from services.api.auth import AUTHENTICATOR, Authenticator
 from services.api.dead_letters import DeadLetterQueue
 from services.api.event_feed import EventFeed
+from services.api.fair_window import FairWindow
 from services.api.query_embedder import QueryEmbedder
 from services.api.queue_monitor import QueueMonitor
 from services.api.queue_stats import QueueStats
@@ -107,12 +108,15 @@ async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
     app[CONNECTION] = connection
     app[BROKER_READINESS] = BrokerReadiness(connection)
     app[PUBLISHER] = await Publisher.open(connection, timeout=5.0)
+    fair = (FairWindow(connection, app[ADMISSION_POOL], window=settings.api.fair_window)
+            if settings.api.fair_scheduling else None)
     app[ADMISSION] = Admission(
         app[ENGINE],
         app[PUBLISHER],
         max_in_flight=settings.api.max_concurrent_tasks,
         wait_seconds=settings.api.admission_wait_seconds,
         pool=app[ADMISSION_POOL],
+        fair=fair,
     )
     app[WORKFLOW_INTAKE] = WorkflowIntake(app[ENGINE], app[PUBLISHER], app[REGISTRY], app[LIMITS], app[CHECKS])
     app[DEAD_LETTERS] = DeadLetterQueue(connection, app[PUBLISHER], app[ENGINE])
@@ -120,6 +124,8 @@ async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[QUERY_EMBEDDER].start()
     yield
     await bounded(app[QUERY_EMBEDDER].close(), "closing the query embedder")
+    if fair is not None:
+        await bounded(fair.stop(), "stopping the fair window's refresh")
     await bounded(connection.close(), "closing the broker connection")
 
 

@@ -219,7 +219,11 @@ concurrency_waiting = Table(
     Column("max_concurrency", Integer, nullable=False),
     Column("priority", SmallInteger, nullable=False),
     Column("message", JSONB, nullable=False),
-    Index("ix_concurrency_waiting_order", "key", text("priority DESC"), "seq"),
+    # The fair window's round-robin (decision 0161): a task's kb and its round; 0 for other keys.
+    Column("kb_id", Text),
+    Column("fair_rank", BigInteger, nullable=False, server_default=text("0")),
+    Index("ix_concurrency_waiting_order", "key", text("priority DESC"), "fair_rank", "seq"),
+    Index("ix_concurrency_waiting_kb", "key", "kb_id", "fair_rank"),
 )
 
 # Periodic schedules (docs/scheduler.md); `next_fire_at` is the first firing not yet made.
