@@ -77,7 +77,7 @@ class Fleet:
         return f"http://127.0.0.1:{self.api_port}"
 
     def env(self, **overrides: str) -> dict[str, str]:
-        return self.environment.with_env(PORT=str(self.api_port), API_URL=self.api_url, **overrides)
+        return self.environment.with_env(**{"PORT": str(self.api_port), "API_URL": self.api_url, **overrides})
 
     def add(self, name: str, argv: list[str], *, ready_url: str | None, **env: str) -> Process:
         process = Process(name, argv, self.env(**env), self.log_dir / f"{name}.log", ready_url)
