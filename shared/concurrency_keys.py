@@ -92,8 +92,9 @@ WITH e AS (
     SELECT e.task_id FROM e JOIN concurrency_slots s ON s.task_id = e.task_id AND s.run = e.run
 ), held AS (
     SELECT s.key, count(*) AS n FROM concurrency_slots s WHERE s.key IN (SELECT key FROM e) GROUP BY s.key
-), queued AS (
-    SELECT DISTINCT w.key FROM concurrency_waiting w WHERE w.key IN (SELECT key FROM e)
+), queued AS (  -- one index probe per key, not a read of its whole line (a fair window's may be long)
+    SELECT k.key FROM (SELECT DISTINCT key FROM e) AS k
+    WHERE EXISTS (SELECT 1 FROM concurrency_waiting w WHERE w.key = k.key)
 ), ranked AS (
     SELECT e.*, row_number() OVER (PARTITION BY e.key ORDER BY e.ord) AS rn
     FROM e WHERE e.task_id NOT IN (SELECT task_id FROM holding)
@@ -132,11 +133,16 @@ _GRANT = text(f"""
 WITH held AS (
     SELECT key, count(*) AS n FROM concurrency_slots WHERE key = ANY(CAST(:keys AS text[])) GROUP BY key
 ), next AS (
+    -- Only as far down the line as the head's free slots: a fair window's line is the backlog.
     SELECT w.*, row_number() OVER (PARTITION BY w.key ORDER BY w.priority DESC, w.fair_rank, w.seq) AS rn
     FROM unnest(CAST(:keys AS text[])) AS k(key)
     CROSS JOIN LATERAL (
-        SELECT * FROM concurrency_waiting c WHERE c.key = k.key ORDER BY c.priority DESC, c.fair_rank, c.seq
-        LIMIT {MAX_CONCURRENCY}) AS w
+        SELECT c.task_id, c.key, c.max_concurrency, c.priority, c.fair_rank, c.seq
+        FROM concurrency_waiting c WHERE c.key = k.key ORDER BY c.priority DESC, c.fair_rank, c.seq
+        LIMIT GREATEST(LEAST({MAX_CONCURRENCY}, (
+            SELECT h.max_concurrency FROM concurrency_waiting h WHERE h.key = k.key
+            ORDER BY h.priority DESC, h.fair_rank, h.seq LIMIT 1)) - (
+            SELECT count(*) FROM concurrency_slots s WHERE s.key = k.key), 0)) AS w
 ), pick AS (
     SELECT n.task_id FROM next n LEFT JOIN held h ON h.key = n.key WHERE COALESCE(h.n, 0) + n.rn <= n.max_concurrency
 ), gone AS (
@@ -167,9 +173,19 @@ WHERE t.id = s.task_id AND (t.status IN ('completed', 'failed', 'cancelled') OR 
 RETURNING s.key
 """)
 
+# Each key with waiters once (an index skip scan: a fair window's line may be the whole backlog),
+# with room by its head's limit.
 _ROOMY = text("""
-SELECT w.key FROM (SELECT key, min(max_concurrency) AS lim FROM concurrency_waiting GROUP BY key) AS w
-WHERE (SELECT count(*) FROM concurrency_slots s WHERE s.key = w.key) < w.lim
+WITH RECURSIVE keys AS (
+    (SELECT key FROM concurrency_waiting ORDER BY key LIMIT 1)
+    UNION ALL
+    SELECT (SELECT w.key FROM concurrency_waiting w WHERE w.key > keys.key ORDER BY w.key LIMIT 1)
+    FROM keys WHERE keys.key IS NOT NULL
+)
+SELECT k.key FROM keys k
+WHERE k.key IS NOT NULL AND (SELECT count(*) FROM concurrency_slots s WHERE s.key = k.key) < (
+    SELECT h.max_concurrency FROM concurrency_waiting h WHERE h.key = k.key
+    ORDER BY h.priority DESC, h.fair_rank, h.seq LIMIT 1)
 """)
 
 
