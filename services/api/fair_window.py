@@ -1,14 +1,17 @@
 """When admission sends a first stage's tasks through its fair window (decision 0161).
 
 The window is engaged only under backlog, so an idle fleet keeps the fast path:
-while a stage's queue holds fewer than `FAIR_WINDOW` ready messages and no task
-of this replica waits for the window, a plain task is published at once and
-this costs one dictionary look-up. The backlog is an estimate kept in memory:
-the stage queue's last sampled depth plus what this replica published since.
-A refresh loop corrects it (a passive declare per stage, one EXISTS query for a
-window with waiters) only while there is something to correct; an idle fleet
-runs none. Replicas estimate apart and may disagree near the threshold: a few
-tasks then bypass the window, which bends the order a little and breaks nothing.
+while a stage's queue holds at most `FAIR_WINDOW` ready messages (with the
+tasks being added) and no task of this replica waits for the window, a plain
+task is published at once and this costs one dictionary look-up. The depth is
+sampled (a passive declare per stage) every quarter second while this replica
+publishes, or the queue is not empty, or tasks wait, and not at all on an idle
+fleet; whether tasks wait (this replica's or another's) is one EXISTS query. A burst smaller than the
+window between two samples goes through unseen; a batch larger than the window
+is gated whole. Replicas sample apart and may disagree near the threshold: a
+few tasks then bypass the window, which bends the order a little and breaks
+nothing. (Counting this replica's publishes since the last sample as backlog
+was tried: at 400 tasks/s a fleet that keeps up looked backlogged.)
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ from shared.concurrency_keys import fair_window_key
 from shared.runtime import stop_task
 from shared.topology import stage_queue
 
-# How often the estimate is corrected while a stage has backlog or waiters.
-REFRESH_SECONDS = 1.0
+# How often the depth is sampled while there is traffic, backlog or waiters.
+REFRESH_SECONDS = 0.25
 
 _ANY_WAITING = "SELECT EXISTS (SELECT 1 FROM concurrency_waiting WHERE key = $1)"
 
@@ -37,13 +40,14 @@ class FairWindow:
         self.window = window
         self._connection = connection
         self._pool = pool
-        self._backlog: Counter[str] = Counter()  # stage -> estimated ready messages
+        self._ready: Counter[str] = Counter()  # stage -> ready messages at the last sample
         self._waiters: set[str] = set()  # stages with tasks waiting for their window
+        self._publishing: set[str] = set()  # stages published to since the last sample
         self._refresher: asyncio.Task[None] | None = None
 
     def engaged(self, stage: str, adding: int = 1) -> bool:
         """Would `adding` more tasks of `stage` go through the window?"""
-        return stage in self._waiters or self._backlog[stage] + adding > self.window
+        return stage in self._waiters or self._ready[stage] + adding > self.window
 
     def engaged_for(self, stages: Iterable[str]) -> bool:
         """Does any of a batch's first stages (one entry per task) go through the window?"""
@@ -52,7 +56,7 @@ class FairWindow:
 
     def published(self, stages: Iterable[str]) -> None:
         """Tasks went to these stages' queues (one entry per task)."""
-        self._backlog.update(stages)
+        self._publishing.update(stages)
         self._refresh_soon()
 
     def waiting(self, stage: str) -> None:
@@ -69,28 +73,29 @@ class FairWindow:
             self._refresher = asyncio.create_task(self._refresh(), name="fair-window-refresh")
 
     async def _refresh(self) -> None:
-        """Correct the estimate until nothing is left to correct, then end."""
-        while any(self._backlog.values()) or self._waiters:
+        """Sample until there is nothing to watch, then end."""
+        while self._publishing or any(self._ready.values()) or self._waiters:
             await asyncio.sleep(REFRESH_SECONDS)
             try:
                 await self._sample()
-            except Exception as exc:  # noqa: BLE001 - best effort: the estimate stays as it was
+            except Exception as exc:  # noqa: BLE001 - best effort: the last sample stands
                 logger.debug("fair window: sampling failed: {}", exc)
 
     async def _sample(self) -> None:
-        stages = [stage for stage, n in self._backlog.items() if n]
+        stages = self._publishing | {stage for stage, n in self._ready.items() if n}
+        self._publishing = set()
         if stages:
             channel = await self._connection.channel(publisher_confirms=False)
             try:
                 for stage in stages:
-                    before = self._backlog[stage]
                     declared = await channel.declare_queue(stage_queue(stage), passive=True)
-                    # Publishes made while the broker answered are not in its count: keep them.
-                    self._backlog[stage] = (declared.declaration_result.message_count or 0) + (
-                        self._backlog[stage] - before)
+                    self._ready[stage] = declared.declaration_result.message_count or 0
             finally:
                 with contextlib.suppress(Exception):
                     await channel.close()
-        for stage in list(self._waiters):
-            if not await self._pool.fetchval(_ANY_WAITING, fair_window_key(stage)):
+        # Also the stages this replica only publishes to: another replica's tasks may wait there.
+        for stage in stages | self._waiters:
+            if await self._pool.fetchval(_ANY_WAITING, fair_window_key(stage)):
+                self._waiters.add(stage)
+            else:
                 self._waiters.discard(stage)
