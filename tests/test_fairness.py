@@ -37,11 +37,17 @@ async def _submit(api: ApiClient, kb_id: str, count: int) -> list[str]:
     return [item["task_id"] for item in body["results"]]
 
 
-async def _a_done_when_b_done(api: ApiClient, fleet: Fleet) -> int:
+async def _a_done_when_b_done(api: ApiClient, fleet: Fleet, *, fair: bool) -> int:
     """Submit A's backlog then B's tasks; how many of A's had finished when B's last did."""
     kb_a, kb_b = f"kb-a-{uuid.uuid4().hex[:8]}", f"kb-b-{uuid.uuid4().hex[:8]}"
     a_ids = await _submit(api, kb_a, A_TASKS)
     b_ids = await _submit(api, kb_b, B_TASKS)
+    if fair:  # a task waiting for the window can be cancelled there, and never runs
+        waiting = (await _submit(api, kb_b, 1))[0]
+        status, _ = await api.call("DELETE", f"/api/v1/tasks/{waiting}")
+        assert status in (200, 202)
+        cancelled = await api.wait_for(waiting, timeout=10)
+        assert cancelled["status"] == "cancelled" and cancelled["started_at"] is None, cancelled
     b_done = [await api.wait_for(task_id, timeout=60) for task_id in b_ids]
     assert all(t["status"] == "completed" for t in b_done), b_done
     b_last = max(datetime.fromisoformat(t["finished_at"]) for t in b_done)
@@ -67,9 +73,9 @@ async def test_a_small_kb_is_not_held_back_by_a_big_backlog_unless_fairness_is_o
 ) -> None:
     unfair_port = free_port()
     fleet = await fleet_factory(lambda f: _fleet(f, unfair_port))
-    fair = await _a_done_when_b_done(ApiClient(fleet.api_url, http), fleet)
+    fair = await _a_done_when_b_done(ApiClient(fleet.api_url, http), fleet, fair=True)
     # Window 8 and 4 worker slots: B's last task starts after about 8 + 2 x 10 of A's.
     assert fair < 0.3 * A_TASKS, f"{fair} of A's {A_TASKS} tasks finished before B's {B_TASKS}"
-    unfair = await _a_done_when_b_done(ApiClient(f"http://127.0.0.1:{unfair_port}", http), fleet)
+    unfair = await _a_done_when_b_done(ApiClient(f"http://127.0.0.1:{unfair_port}", http), fleet, fair=False)
     # Off, B's tasks queue behind all of A's.
     assert unfair >= 0.9 * A_TASKS, f"fairness off: only {unfair} of A's tasks finished before B's"
