@@ -315,7 +315,7 @@ class ApiSettings(BaseSettings):
     body_timeout_seconds: float = Field(default=30, alias="API_BODY_TIMEOUT", gt=0)
     # Fairness between knowledge bases (decision 0161): under backlog, a first stage's tasks are
     # published through a window of this many, granted round-robin across kb_id within a priority.
-    fair_scheduling: bool = Field(default=True, alias="FAIR_SCHEDULING")
+    fair_scheduling: bool = Field(default=False, alias="FAIR_SCHEDULING")
     fair_window: int = Field(default=64, alias="FAIR_WINDOW", ge=1, le=1000)
 
 

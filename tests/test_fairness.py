@@ -22,7 +22,7 @@ _SLEEP = {"task_type": "sleep", "payload": {"seconds": 0.05}}
 
 
 def _fleet(fleet: Fleet, unfair_port: int) -> None:
-    fleet.add_api(FAIR_WINDOW="8")
+    fleet.add_api(FAIR_SCHEDULING="true", FAIR_WINDOW="8")
     # A second replica with fairness off, on the same database and queues.
     fleet.add("api-unfair", [sys.executable, "-m", "services.api"], ready_url=f"http://127.0.0.1:{unfair_port}/health/ready",
               METRICS_PORT="0", PORT=str(unfair_port), FAIR_SCHEDULING="false")
