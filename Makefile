@@ -29,7 +29,7 @@ test: $(STAMP)
 
 # The inner loop: tests that need no broker, database or child process (under 30 s).
 test-fast: $(STAMP)
-	$(BIN)/pytest -m fast -p no:cacheprovider
+	$(BIN)/pytest -m "fast and not model" -p no:cacheprovider
 
 install: $(STAMP)
 

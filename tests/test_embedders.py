@@ -37,20 +37,38 @@ def _openai(server: FakeEmbeddingServer, **extra: object) -> Embedder:
                                      EMBEDDING_MAX_RETRIES=2, **extra))
 
 
+class _LazyLocal:
+    """The torch model, loaded by the first test that asks (the fast tier asks none)."""
+
+    def __init__(self) -> None:
+        self.embedder: Embedder | None = None
+
+    async def get(self) -> Embedder:
+        if self.embedder is None:
+            # The torch path (sentence-transformers); the packaged default: tests/test_packaged_embedders.py.
+            self.embedder = create_embedder(_settings(EMBEDDING_BACKEND="local", EMBEDDING_MODEL="all-MiniLM-L6-v2"))
+            await self.embedder.start()
+        return self.embedder
+
+
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
-async def local_embedder() -> AsyncIterator[Embedder]:
-    # The torch path (sentence-transformers); the packaged default: tests/test_packaged_embedders.py.
-    embedder = create_embedder(_settings(EMBEDDING_BACKEND="local", EMBEDDING_MODEL="all-MiniLM-L6-v2"))
-    await embedder.start()
-    yield embedder
-    await embedder.close()
+async def lazy_local() -> AsyncIterator[_LazyLocal]:
+    lazy = _LazyLocal()
+    yield lazy
+    if lazy.embedder is not None:
+        await lazy.embedder.close()
 
 
-@pytest_asyncio.fixture(loop_scope="session", params=["local", "openai"])
+@pytest_asyncio.fixture(loop_scope="session")
+async def local_embedder(lazy_local: _LazyLocal) -> Embedder:
+    return await lazy_local.get()
+
+
+@pytest_asyncio.fixture(loop_scope="session", params=[pytest.param("local", marks=pytest.mark.model), "openai"])
 async def embedder(request: pytest.FixtureRequest, fake_server: FakeEmbeddingServer,
-                   local_embedder: Embedder) -> AsyncIterator[Embedder]:
+                   lazy_local: _LazyLocal) -> AsyncIterator[Embedder]:
     if request.param == "local":
-        yield local_embedder
+        yield await lazy_local.get()  # loaded only when a local case runs
         return
     client = _openai(fake_server)
     await client.start()
@@ -71,6 +89,7 @@ async def test_one_vector_per_text_in_order_and_equal_texts_agree(embedder: Embe
     assert embedder.model and embedder.cache_key.startswith(embedder.backend + ":")
 
 
+@pytest.mark.model
 async def test_the_local_model_is_all_minilm_and_reports_truncation(local_embedder: Embedder) -> None:
     assert local_embedder.dimension == 384 and local_embedder.model == "all-MiniLM-L6-v2"
     close = await local_embedder.embed(["How do ducks feed?", "Dabbling ducks feed by upending.",
