@@ -7,7 +7,7 @@ in the document it is the task types' `BatchItem` models."""
 from __future__ import annotations
 
 import functools
-from typing import Annotated, Any, Union
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, create_model
 
@@ -32,13 +32,6 @@ def envelope_model(max_batch_size: int, item: Any = Any) -> type[BatchEnvelope]:
         "BatchRequest", __base__=BatchEnvelope,
         tasks=(list[item], Field(min_length=1, max_length=max_batch_size, strict=True)),
     )
-
-
-def item_union(models: list[type[BaseModel]]) -> Any:
-    """One of the task types' batch item models, told apart by `task_type`."""
-    if len(models) == 1:
-        return models[0]
-    return Annotated[Union[tuple(models)], Field(discriminator="task_type")]  # noqa: UP007 - built at run time
 
 
 @functools.cache

@@ -9,14 +9,16 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeGuard, TypeVar, Union, cast
 
 from aiohttp import web
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, Field, TypeAdapter, create_model
 
 from services.api.access_policy import Open, decide
-from services.api.batch_envelope import envelope_model, item_union
+from services.api.batch_envelope import envelope_model as batch_envelope
 from services.api.schemas import ErrorResponse
+from services.api.workflow_request import WorkflowTask
+from services.api.workflow_request import envelope_model as workflow_envelope
 from shared.json_types import json_int
 from shared.security.api_keys import Scope
 from shared.settings import Settings
@@ -46,9 +48,9 @@ class DocContext:
     registry: TaskTypeRegistry
 
 
-# A model, or a function of the app building the schema (given the components to add to, if it takes two).
-SchemaSource = (type[BaseModel] | Callable[[DocContext], type[BaseModel] | dict[str, Any]]
-                | Callable[[DocContext, dict[str, Any]], dict[str, Any]])
+# A model (a component), or a function of the app returning one, or a type pydantic describes
+# (a union of models: inline, its models as components), or a hand-written JSON schema.
+SchemaSource = type[BaseModel] | Callable[[DocContext], Any]
 
 
 @dataclass(frozen=True)
@@ -102,31 +104,29 @@ def task_request_models(ctx: DocContext, base: type[TaskRequest] = TaskRequest) 
     return models
 
 
-def _union(models: list[type[BaseModel]], schemas: dict[str, Any]) -> dict[str, Any]:
-    for model in models:
-        _collect(model, schemas, "validation")
-    return {
-        "oneOf": [{"$ref": REF.format(model=m.__name__)} for m in models],
-        "discriminator": {
-            "propertyName": "task_type",
-            "mapping": {m.model_fields["task_type"].annotation.__args__[0]: REF.format(model=m.__name__)  # type: ignore[union-attr]
-                        for m in models},
-        },
-    }
+def task_union(models: list[type[BaseModel]]) -> Any:
+    """One of the task types' request models, told apart by `task_type` (pydantic's
+    discriminated union: its schema is a oneOf with a discriminator mapping)."""
+    if len(models) == 1:
+        return models[0]
+    return Annotated[Union[tuple(models)], Field(discriminator="task_type")]  # noqa: UP007 - built at run time
 
 
-def task_request_schema(ctx: DocContext, schemas: dict[str, Any]) -> dict[str, Any]:
-    return task_union_schema(ctx, schemas, TaskRequest)
-
-
-def task_union_schema(ctx: DocContext, schemas: dict[str, Any], base: type[TaskRequest]) -> dict[str, Any]:
-    """One of the task types' request models derived from `base` (a batch item, a workflow task)."""
-    return _union(task_request_models(ctx, base), schemas)
+def task_request_union(ctx: DocContext) -> Any:
+    """The `POST /api/v1/tasks` body as the task types' `TaskRequest` models. The handler
+    validates the same parts (TaskRequest, then the type's payload model) one after the
+    other, so that every problem is named at its field (shared/task_request.py)."""
+    return task_union(task_request_models(ctx))
 
 
 def batch_request_model(ctx: DocContext) -> type[BaseModel]:
     """The batch envelope the handler validates, its items typed as the task types' batch items."""
-    return envelope_model(ctx.settings.api.max_batch_size, item_union(task_request_models(ctx, BatchItem)))
+    return batch_envelope(ctx.settings.api.max_batch_size, task_union(task_request_models(ctx, BatchItem)))
+
+
+def workflow_request_model(ctx: DocContext) -> type[BaseModel]:
+    """The workflow envelope the handler validates, its tasks typed as the task types' workflow tasks."""
+    return workflow_envelope(task_union(task_request_models(ctx, WorkflowTask)))
 
 
 # --- the document ---------------------------------------------------------------------------------
@@ -287,19 +287,22 @@ def _operation(method: str, path: str, op: Operation, ctx: DocContext, schemas: 
 
 
 def _schema(source: SchemaSource, ctx: DocContext, schemas: dict[str, Any], *, inline: bool = False) -> dict[str, Any]:
-    if isinstance(source, type) and issubclass(source, BaseModel):
+    made: Any = source if _is_model(source) else cast("Callable[[DocContext], Any]", source)(ctx)
+    if _is_model(made):
         if inline:
-            return _precise(source.model_json_schema(ref_template=REF))  # type: ignore[no-any-return]
-        _collect(source, schemas, "validation")
-        return {"$ref": REF.format(model=source.__name__)}
-    made = source(ctx, schemas) if _takes_schemas(source) else source(ctx)  # type: ignore[call-arg]
-    if isinstance(made, type) and issubclass(made, BaseModel):
-        return _schema(made, ctx, schemas, inline=inline)
-    return _precise(made)  # type: ignore[no-any-return]
+            return _precise(made.model_json_schema(ref_template=REF))  # type: ignore[no-any-return]
+        _collect(made, schemas, "validation")
+        return {"$ref": REF.format(model=made.__name__)}
+    if isinstance(made, dict):
+        return _precise(made)  # type: ignore[no-any-return]
+    schema = _precise(TypeAdapter(made).json_schema(ref_template=REF, mode="validation"))
+    for name, definition in schema.pop("$defs", {}).items():
+        schemas.setdefault(name, definition)
+    return schema  # type: ignore[no-any-return]
 
 
-def _takes_schemas(source: Callable[..., Any]) -> bool:
-    return source.__code__.co_argcount == 2
+def _is_model(value: object) -> TypeGuard[type[BaseModel]]:
+    return isinstance(value, type) and issubclass(value, BaseModel)
 
 
 def _collect(model: type[BaseModel], schemas: dict[str, Any], mode: Literal["validation", "serialization"]) -> None:

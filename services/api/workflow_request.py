@@ -1,9 +1,11 @@
 """What `POST /api/v1/workflows` accepts, and its validation (docs/decisions/0101).
 
-Each task is validated like a `POST /api/v1/tasks` body, except that
-`depends_on` names other tasks of the workflow by `ref`; then the graph: a
-duplicate ref, a dangling reference and a cycle are 422s naming them, every
-problem at once.
+The envelope (`{"tasks": [...], "callback_url": ...}`) is one pydantic model,
+`WorkflowEnvelope`: the handler validates with it and the OpenAPI document is
+generated from it (decision 0192, as 0191 for the batch envelope). Each task is
+then validated like a `POST /api/v1/tasks` body, except that `depends_on` names
+other tasks of the workflow by `ref`; then the graph: a duplicate ref, a
+dangling reference and a cycle are 422s naming them, every problem at once.
 """
 
 from __future__ import annotations
@@ -11,7 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import AnyHttpUrl, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+)
 
 from shared.errors import FieldError, InvalidRequest
 from shared.task_request import (
@@ -26,7 +36,6 @@ from shared.task_types import TaskTypeRegistry
 REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$"
 # Tasks in one workflow: admitted in one transaction, so bounded (a fan-out of 1,000 is the floor).
 MAX_WORKFLOW_TASKS = 5_000
-_CALLBACK_URL = TypeAdapter(AnyHttpUrl)
 
 
 class WorkflowTask(TaskRequest):
@@ -47,6 +56,29 @@ class WorkflowTask(TaskRequest):
         return value
 
 
+class WorkflowEnvelope(BaseModel):
+    """What the handler keeps of a valid envelope: the raw tasks (each validated on its
+    own afterwards, so that every bad task is named) and the callback URL."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tasks: list[Any]
+    callback_url: AnyHttpUrl | None = Field(
+        default=None, description="POSTed once, when every task of the workflow ended.")
+
+
+def envelope_model(task: Any = Any) -> type[WorkflowEnvelope]:
+    """The envelope with its bounds (1..MAX_WORKFLOW_TASKS tasks) and a task type: `Any`
+    to validate a request, the task types' `WorkflowTask` union to describe one."""
+    return create_model(
+        "WorkflowRequest", __base__=WorkflowEnvelope,
+        tasks=(list[task], Field(min_length=1, max_length=MAX_WORKFLOW_TASKS, strict=True)),
+    )
+
+
+_REQUEST = envelope_model()
+
+
 @dataclass(frozen=True)
 class WorkflowPlan:
     tasks: list[ValidTask]  # in topological order: every task after its parents
@@ -59,20 +91,7 @@ class WorkflowPlan:
 
 
 def validate_workflow(data: Any, registry: TaskTypeRegistry, limits: RequestLimits) -> WorkflowPlan:
-    if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
-        raise InvalidRequest('send {"tasks": [{"ref": "a", ...}, ...]}', [FieldError("tasks", "must be an array")])
-    errors = [FieldError(k, "unknown field") for k in sorted(set(data) - {"tasks", "callback_url"})]
-    items = data["tasks"]
-    if not 1 <= len(items) <= MAX_WORKFLOW_TASKS:
-        errors.append(FieldError("tasks", f"holds {len(items)} tasks; allowed 1..{MAX_WORKFLOW_TASKS}"))
-        raise InvalidRequest(_summary(errors), errors)
-    callback_url = data.get("callback_url")
-    if callback_url is not None:
-        try:
-            callback_url = str(_CALLBACK_URL.validate_python(callback_url))
-        except ValidationError as exc:
-            errors.append(FieldError("callback_url", exc.errors(include_url=False)[0]["msg"]))
-
+    items, callback_url, errors = parse_envelope(data)
     valid: list[ValidTask | None] = []
     for i, item in enumerate(items):
         try:
@@ -88,6 +107,33 @@ def validate_workflow(data: Any, registry: TaskTypeRegistry, limits: RequestLimi
         raise InvalidRequest(_summary(errors), errors)
     return WorkflowPlan(_topological(tasks), callback_url,
                         {WorkflowPlan.ref_of(t): i for i, t in enumerate(tasks)})
+
+
+def parse_envelope(data: Any) -> tuple[list[Any], str | None, list[FieldError]]:
+    """The raw tasks and the callback URL of `data`, and what is wrong with the envelope.
+    Raises the InvalidRequest the handler has always answered for a bad shape (not an
+    object, `tasks` not an array) and for a size out of bounds (with the unknown fields);
+    unknown fields and a bad callback URL are otherwise listed with the tasks' problems."""
+    try:
+        envelope = _REQUEST.model_validate(data)
+    except ValidationError as exc:
+        # The first error of each field; None for the body itself (not an object).
+        first: dict[str | None, Any] = {}
+        for error in exc.errors(include_url=False):
+            first.setdefault(str(error["loc"][0]) if error["loc"] else None, error)
+        if None in first or first.get("tasks", {}).get("type") in ("missing", "list_type"):
+            raise InvalidRequest('send {"tasks": [{"ref": "a", ...}, ...]}',
+                                 [FieldError("tasks", "must be an array")]) from None
+        errors = [FieldError(field, "unknown field") for field in
+                  sorted(f for f, e in first.items() if f is not None and e["type"] == "extra_forbidden")]
+        if "tasks" in first:
+            errors.append(FieldError("tasks", f"holds {len(data['tasks'])} tasks; allowed 1..{MAX_WORKFLOW_TASKS}"))
+            raise InvalidRequest(_summary(errors), errors) from None
+        if "callback_url" in first:
+            errors.append(FieldError("callback_url", first["callback_url"]["msg"]))
+        return data["tasks"], None, errors
+    callback_url = None if envelope.callback_url is None else str(envelope.callback_url)
+    return envelope.tasks, callback_url, []
 
 
 def _graph_errors(tasks: list[ValidTask]) -> list[FieldError]:

@@ -21,7 +21,7 @@ from services.api.admission import Admitted
 from services.api.auth import principal_of
 from services.api.batch_envelope import parse_envelope
 from services.api.http import json_response, read_json
-from services.api.openapi import Operation, batch_request_model, documented, task_request_schema
+from services.api.openapi import Operation, batch_request_model, documented, task_request_union
 from services.api.rate_limit import RATE_LIMITS
 from services.api.resources import ADMISSION, CHECKS, ENGINE, LIMITS, PUBLISHER, REGISTRY, SETTINGS
 from services.api.schemas import (
@@ -93,7 +93,7 @@ def _list_query_doc(ctx: Any) -> dict[str, Any]:
     summary="Submit a task",
     description="Answers once the task is recorded and the broker confirmed it. The `payload` schema depends on "
                 "`task_type`.",
-    body=task_request_schema, headers=_IDEMPOTENCY_DOC, errors=(409, 503),
+    body=task_request_union, headers=_IDEMPOTENCY_DOC, errors=(409, 503),
     responses={201: (TaskCreated, "Created."), 200: (TaskCreated, "An earlier task with this Idempotency-Key.")},
 ))
 async def submit_task(request: web.Request) -> web.Response:

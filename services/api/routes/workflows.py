@@ -11,11 +11,10 @@ from aiohttp import web
 
 from services.api.auth import principal_of
 from services.api.http import json_response, read_json
-from services.api.openapi import Operation, documented, task_union_schema
+from services.api.openapi import Operation, documented, workflow_request_model
 from services.api.rate_limit import RATE_LIMITS
 from services.api.resources import ENGINE, PUBLISHER, WORKFLOW_INTAKE
 from services.api.routes.tasks import IDEMPOTENCY_HEADER, idempotency_key
-from services.api.workflow_request import MAX_WORKFLOW_TASKS, WorkflowTask
 from services.api.workflow_views import WorkflowCreated, WorkflowView, read_workflow, workflow_view
 from shared.errors import Conflict, NotFound
 from shared.ids import is_task_id
@@ -29,24 +28,12 @@ _IDEMPOTENCY_DOC = {IDEMPOTENCY_HEADER: ("The same key (per API key) returns the
                                          {"type": "string", "pattern": r"^[\x21-\x7e]{1,255}$"})}
 
 
-def _body_doc(ctx: Any, schemas: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "type": "object", "additionalProperties": False, "required": ["tasks"],
-        "properties": {
-            "tasks": {"type": "array", "minItems": 1, "maxItems": MAX_WORKFLOW_TASKS,
-                      "items": task_union_schema(ctx, schemas, WorkflowTask)},
-            "callback_url": {"type": "string", "format": "uri", "minLength": 1, "maxLength": 2083,
-                             "description": "POSTed once, when every task of the workflow ended."},
-        },
-    }
-
-
 @routes.post("/api/v1/workflows")
 @documented(Operation(
     summary="Submit a workflow", tag="workflows",
     description="Tasks that name each other by `ref` in `depends_on`, admitted all or nothing. A cycle, a "
                 "dangling or duplicate ref is a 422 naming it.",
-    body=_body_doc, headers=_IDEMPOTENCY_DOC, errors=(503,),
+    body=workflow_request_model, headers=_IDEMPOTENCY_DOC, errors=(503,),
     responses={201: (WorkflowCreated, "Every task created."),
                200: (WorkflowCreated, "An earlier workflow with this Idempotency-Key.")},
 ))
