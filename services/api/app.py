@@ -29,6 +29,7 @@ from services.api.resources import (
     check_database,
     database_ctx,
 )
+from services.api.routes.bulk import routes as bulk_routes
 from services.api.routes.console import routes as console_routes
 from services.api.routes.dlq import routes as dlq_routes
 from services.api.routes.docs import routes as docs_routes
@@ -128,6 +129,7 @@ def create_app(settings: Settings, registry: TaskTypeRegistry | None = None) -> 
                     web.get("/metrics", documented(METRICS_DOC)(metrics_endpoint))])
     app.add_routes(task_routes)
     app.add_routes(retry_routes)
+    app.add_routes(bulk_routes)
     app.add_routes(event_routes)
     app.on_shutdown.append(end_streams_on_shutdown)
     app.add_routes(upload_routes)

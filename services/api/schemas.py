@@ -257,3 +257,15 @@ class DocumentListItem(_Body):
 class DocumentPage(_Body):
     items: list[DocumentListItem]
     next_cursor: str | None
+
+
+class BulkActionResult(_Body):
+    action: Literal["cancel", "retry"]
+    dry_run: bool
+    matched: int = Field(description="Tasks the filters select that the action applies to (at most `limit`).")
+    done: int = Field(description="Tasks acted on (0 in a dry run).")
+    skipped: int = Field(description="Matched but refused when acted on: changed meanwhile, or not retryable "
+                                     "(its type gone, a secret in its payload).")
+    task_ids: list[str] = Field(description="The ids acted on, the first `ids_shown`.")
+    limit: int = Field(description="At most this many tasks per call.")
+    more: bool = Field(description="More tasks match than `limit`: call again for the next ones.")

@@ -125,7 +125,25 @@ async def list_tasks(
     conn: AsyncConnection, task_filter: TaskFilter, *, limit: int, before_id: str | None, scope: KbScope
 ) -> list[TaskRow]:
     """Newest first; `before_id` is the cursor (ids are time-ordered UUIDv7)."""
-    query = _in_scope(select(tasks).order_by(tasks.c.id.desc()).limit(limit), scope)
+    query = _filtered(_in_scope(select(tasks).order_by(tasks.c.id.desc()).limit(limit), scope), task_filter)
+    if before_id is not None:
+        query = query.where(tasks.c.id < before_id)
+    result = await conn.execute(query)
+    return [row._mapping for row in result]
+
+
+async def tasks_for_action(
+    conn: AsyncConnection, task_filter: TaskFilter, *, eligible: frozenset[str], limit: int, scope: KbScope
+) -> list[TaskRow]:
+    """The tasks a bulk action would touch: the list's filters, narrowed to the
+    statuses the action applies to, oldest first (a capped call takes the oldest)."""
+    statuses = [s for s in (task_filter.statuses or sorted(eligible)) if s in eligible]
+    query = _filtered(_in_scope(select(tasks).order_by(tasks.c.id).limit(limit), scope), task_filter)
+    result = await conn.execute(query.where(tasks.c.status.in_(statuses)))
+    return [row._mapping for row in result]
+
+
+def _filtered(query: Any, task_filter: TaskFilter) -> Any:
     if task_filter.kb_id is not None:
         query = query.where(tasks.c.kb_id == task_filter.kb_id)
     if task_filter.statuses:
@@ -135,7 +153,4 @@ async def list_tasks(
     if task_filter.workflow_id is not None:
         members = select(workflow_tasks.c.task_id).where(workflow_tasks.c.workflow_id == task_filter.workflow_id)
         query = query.where(tasks.c.id.in_(members))
-    if before_id is not None:
-        query = query.where(tasks.c.id < before_id)
-    result = await conn.execute(query)
-    return [row._mapping for row in result]
+    return query

@@ -10,15 +10,16 @@ so a task's history survives its retries.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, SecretStr, ValidationError
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.api import task_repository as repo
 from shared.amqp.publisher import Publisher
-from shared.errors import Conflict
+from shared.errors import Conflict, NotFound
 from shared.messages import TaskMessage, TaskQueued
 from shared.status import Priority, TaskStatus
 from shared.task_types import TaskTypeRegistry
@@ -26,6 +27,9 @@ from shared.task_types import TaskTypeRegistry
 RETRYABLE = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED})
 # How long a retry waits for the dispatcher to record the new run (then 202).
 RECORD_WAIT_SECONDS = 5.0
+# Tasks a bulk retry starts per transaction (and holds the locks of while it waits).
+BULK_CHUNK = 200
+_RUNS = text("SELECT CAST(id AS text), run FROM tasks WHERE id = ANY(CAST(:ids AS uuid[]))")
 
 
 async def start_run(publisher: Publisher, fresh: TaskMessage) -> None:
@@ -50,13 +54,43 @@ class TaskRetry:
         one task across api replicas: the second waits, then finds the task
         `queued` (not retryable) instead of starting the same run twice."""
         async with self._engine.begin() as conn:
-            await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:id))"), {"id": f"retry:{task_id}"})
-            row = await repo.get_task(conn, task_id, scope=scope)
-            assert row is not None, "the route checked the task exists for this caller"
-            message = self._message(row)
-            await start_run(self._publisher, message)
-            recorded = await self._wait_recorded(task_id, message.run, scope)
-        return recorded or row, recorded is not None
+            row, message = await self._start(conn, task_id, scope)
+            recorded = await self._wait_recorded({task_id: message.run})
+        if recorded:
+            async with self._engine.connect() as conn:
+                row = await repo.get_task(conn, task_id, scope=scope) or row
+        return row, bool(recorded)
+
+    async def retry_many(self, task_ids: Sequence[str], scope: repo.KbScope) -> tuple[list[str], int]:
+        """A bulk retry: answers the ids started and how many were skipped (no
+        longer retryable, or refused as a single retry would be). Each chunk holds
+        its tasks' locks until the dispatcher recorded the new runs, as `retry` does."""
+        started: list[str] = []
+        skipped = 0
+        ids = sorted(task_ids)  # locks in one order: two bulk retries never deadlock
+        for at in range(0, len(ids), BULK_CHUNK):
+            async with self._engine.begin() as conn:
+                runs: dict[str, int] = {}
+                for task_id in ids[at:at + BULK_CHUNK]:
+                    try:
+                        _, message = await self._start(conn, task_id, scope)
+                    except (Conflict, NotFound):
+                        skipped += 1
+                        continue
+                    runs[task_id] = message.run
+                await self._wait_recorded(runs)
+            started.extend(runs)
+        return started, skipped
+
+    async def _start(self, conn: AsyncConnection, task_id: str,
+                     scope: repo.KbScope) -> tuple[repo.TaskRow, TaskMessage]:
+        await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:id))"), {"id": f"retry:{task_id}"})
+        row = await repo.get_task(conn, task_id, scope=scope)
+        if row is None:
+            raise NotFound(f"task {task_id!r} not found")
+        message = self._message(row)
+        await start_run(self._publisher, message)
+        return row, message
 
     def _message(self, row: repo.TaskRow) -> TaskMessage:
         task_id, status = str(row["id"]), TaskStatus(row["status"])
@@ -81,16 +115,17 @@ class TaskRetry:
             stages=task_type.stages, stage=task_type.stages[0],
         )
 
-    async def _wait_recorded(self, task_id: str, run: int, scope: repo.KbScope) -> repo.TaskRow | None:
+    async def _wait_recorded(self, runs: dict[str, int]) -> bool:
+        """Whether the dispatcher recorded every new run within RECORD_WAIT_SECONDS."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + RECORD_WAIT_SECONDS
-        while loop.time() < deadline:
+        while runs and loop.time() < deadline:
             await asyncio.sleep(0.02)
             async with self._engine.connect() as conn:
-                row = await repo.get_task(conn, task_id, scope=scope)
-            if row is not None and row["run"] >= run:
-                return row
-        return None
+                result = await conn.execute(_RUNS, {"ids": list(runs)})
+            if all(run >= runs[task_id] for task_id, run in result):
+                return True
+        return not runs
 
 
 def _holds_secret(value: Any) -> bool:

@@ -33,6 +33,7 @@ from services.api.schemas import (
     TaskPage,
     TaskView,
 )
+from services.api.task_cancel import request_cancel
 from services.api.task_repository import KbScope, TaskFilter
 from services.api.views import redact_payload, task_created_view, task_view
 from shared.errors import (
@@ -44,7 +45,6 @@ from shared.errors import (
     TaskManagerError,
 )
 from shared.ids import is_task_id
-from shared.messages import CancelTask, TaskCancelled, utcnow
 from shared.status import TaskStatus
 from shared.task_request import (
     IDEMPOTENCY_KEY_PATTERN,
@@ -68,8 +68,8 @@ _IDEMPOTENCY_DOC = {IDEMPOTENCY_HEADER: ("The same key (per API key) returns the
 _STATUSES = "|".join(TaskStatus)
 
 
-class TaskListQuery(BaseModel):
-    """The query of `GET /api/v1/tasks`."""
+class TaskFilterFields(BaseModel):
+    """The filters of `GET /api/v1/tasks` (also those of the bulk actions)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -78,6 +78,15 @@ class TaskListQuery(BaseModel):
                                description="Comma-separated statuses.")
     task_type: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     workflow_id: uuid.UUID | None = Field(default=None, description="Only the tasks of this workflow.")
+
+    def task_filter(self) -> TaskFilter:
+        return TaskFilter(kb_id=self.kb_id, statuses=tuple(self.status.split(",")) if self.status else (),
+                          task_type=self.task_type, workflow_id=str(self.workflow_id) if self.workflow_id else None)
+
+
+class TaskListQuery(TaskFilterFields):
+    """The query of `GET /api/v1/tasks`."""
+
     limit: int = Field(default=50, ge=1, description="Page size, at most MAX_PAGE_SIZE.")
     cursor: uuid.UUID | None = Field(default=None, description="`next_cursor` of the previous page.")
 
@@ -188,9 +197,7 @@ async def list_tasks(request: web.Request) -> web.Response:
     scope = _scope(request)
     if query.kb_id is not None and scope is not None and query.kb_id not in scope:
         return json_response(TaskPage(items=[], next_cursor=None))  # another tenant's kb: nothing, not 403
-    statuses = tuple(query.status.split(",")) if query.status else ()
-    task_filter = TaskFilter(kb_id=query.kb_id, statuses=statuses, task_type=query.task_type,
-                             workflow_id=str(query.workflow_id) if query.workflow_id else None)
+    task_filter = query.task_filter()
     async with request.app[ENGINE].connect() as conn:
         rows = await repo.list_tasks(conn, task_filter, limit=query.limit + 1,
                                      before_id=str(query.cursor) if query.cursor else None, scope=scope)
@@ -215,16 +222,7 @@ async def cancel_task(request: web.Request) -> web.Response:
     if TaskStatus(row["status"]).is_terminal:
         raise Conflict(f"task {task_id} is already {row['status']}; only queued or running tasks can be cancelled",
                        status=row["status"])
-    publisher = request.app[PUBLISHER]
-    # The event makes the cancel durable (the dispatcher records it: first terminal
-    # state wins); the broadcast stops a worker already running it.
-    await publisher.event(
-        TaskCancelled(
-            task_id=task_id, run=row["run"], task_type=row["task_type"], kb_id=row["kb_id"],
-            stage=row["stage"] or "default", attempt=max(row["attempts"], 1), finished_at=utcnow(),
-        )
-    )
-    await publisher.control(CancelTask(task_id=task_id, run=row["run"]))
+    await request_cancel(request.app[PUBLISHER], row)
     deadline = asyncio.get_running_loop().time() + CANCEL_WAIT_SECONDS
     while asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.02)
