@@ -157,6 +157,24 @@ async def test_cancel_then_retry_from_the_page_change_the_task_in_the_api(
         await api.call("DELETE", f"/api/v1/tasks/{task_id}")
 
 
+async def test_cancel_all_matching_shows_the_count_then_cancels_once_confirmed(
+    browser: WebDriver, fleet: Fleet, api: ApiClient, screenshots: Path,
+) -> None:
+    kb = _kb()
+    ids = [(await api.submit({"task_type": "echo", "kb_id": kb, "delay_seconds": 3600}))["task_id"] for _ in range(2)]
+    _open(browser, fleet, f"view=tasks&kb_id={kb}")
+    wait_until(browser, lambda d: all(_row_status(d, i) == "scheduled" for i in ids), "the scheduled tasks listed")
+    browser.find_element(By.ID, "bulk-cancel").click()
+    wait_until(browser, lambda d: d.find_elements(By.ID, "bulk-count"), "the preview count")
+    assert browser.find_element(By.ID, "bulk-count").text == "2"
+    assert {(await api.get(i))["status"] for i in ids} == {"scheduled"}, "the preview changed nothing"
+    browser.save_screenshot(str(screenshots / "tasks-bulk-confirm.png"))
+    browser.find_element(By.ID, "bulk-confirm").click()
+    for task_id in ids:
+        await api.wait_for(task_id, {"cancelled"})
+    wait_until(browser, lambda d: all(_row_status(d, i) == "cancelled" for i in ids), "the list shows them cancelled")
+
+
 async def test_a_hostile_payload_is_shown_as_text_and_never_runs(
     browser: WebDriver, fleet: Fleet, api: ApiClient,
 ) -> None:
@@ -180,6 +198,9 @@ async def test_a_read_only_key_sees_no_action_buttons(
         wait_until(browser, lambda d: d.find_elements(By.ID, "read-only"), "the read-only note")
         assert "console reader" in browser.find_element(By.ID, "who").text
         assert browser.find_elements(By.CSS_SELECTOR, "#actions button") == []
+        _open(browser, fleet, "view=tasks", key=reader)
+        wait_until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#task-rows tr"), "the list")
+        assert browser.find_elements(By.CSS_SELECTOR, "#bulk button") == []
     finally:
         await api.call("DELETE", f"/api/v1/tasks/{created['task_id']}")
 

@@ -282,7 +282,8 @@ function tasksView(main, generation) {
   const table = el("table", { id: "tasks" }, el("thead", {}, el("tr", {},
     ...["task", "type", "kb", "status", "progress", "stage", "attempts", "created"].map((h) => el("th", {}, h)))), body);
   const more = el("p", { id: "paging" });
-  main.replaceChildren(form, table, more);
+  const bulk = el("p", { class: "actions", id: "bulk" });
+  main.replaceChildren(form, bulk, table, more);
 
   const query = new URLSearchParams();
   for (const name of [...FILTERS, "cursor"]) if (q.get(name)) query.set(name, q.get(name));
@@ -315,10 +316,50 @@ function tasksView(main, generation) {
   };
   const reload = serialised(load);
   reload();
+  if (mayWrite()) bulkControls(bulk, q, generation, reload);
   // Any event of a matching task may change the page: reload it (serialised, so a burst of
   // events costs one request at a time). Workflow membership is not in the events: all of them.
   openStream({ kb_id: q.get("kb_id"), task_type: q.get("task_type") }, () => reload());
   return reload;
+}
+
+// "Cancel all matching" / "Retry all matching": the list's applied filters (the URL's, not the
+// form's unsaved values), first as a dry run whose count the operator confirms.
+function bulkControls(box, q, generation, reload) {
+  const filters = {};
+  for (const name of FILTERS) if (q.get(name)) filters[name] = q.get(name);
+  if (!Object.keys(filters).length) filters.all = true;  // the api refuses no filter without it
+  const scope = filters.all ? "every task this key can see" : "the tasks matching these filters";
+  const idle = () => box.replaceChildren(
+    el("button", { type: "button", id: "bulk-cancel", onclick: () => preview("cancel", "Cancel") }, "Cancel all matching"),
+    el("button", { type: "button", id: "bulk-retry", onclick: () => preview("retry", "Retry") }, "Retry all matching"));
+  const preview = async (action, verb) => {
+    try {
+      const dry = await api("POST", `/api/v1/tasks/bulk/${action}`, { ...filters, dry_run: true });
+      if (generation !== state.render) return;
+      if (!dry.matched) { show(`${verb}: no task among ${scope} applies.`, "info"); return; }
+      const count = dry.more ? `the first ${dry.matched} (of more)` : String(dry.matched);
+      box.replaceChildren(el("span", { id: "bulk-preview" }, `${verb} `, el("strong", { id: "bulk-count" }, count),
+        ` of ${scope}?`), " ",
+        el("button", { type: "button", id: "bulk-confirm", onclick: () => run(action, verb) }, `Yes, ${verb.toLowerCase()} them`),
+        el("button", { type: "button", id: "bulk-keep", onclick: idle }, "No"));
+    } catch (err) {
+      show(err instanceof ApiError ? err.describe() : String(err));
+    }
+  };
+  const run = async (action, verb) => {
+    box.replaceChildren(el("span", { class: "muted" }, `${verb}: working…`));
+    try {
+      const done = await api("POST", `/api/v1/tasks/bulk/${action}`, filters);
+      show(`${verb}: ${done.done} task(s) done, ${done.skipped} skipped${done.more ? "; more match: run it again" : ""}.`,
+        "info");
+      reload();
+    } catch (err) {
+      show(err instanceof ApiError ? err.describe() : String(err));
+    }
+    if (generation === state.render) idle();
+  };
+  idle();
 }
 
 function taskView(main, generation) {
