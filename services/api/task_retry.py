@@ -54,7 +54,8 @@ class TaskRetry:
         one task across api replicas: the second waits, then finds the task
         `queued` (not retryable) instead of starting the same run twice."""
         async with self._engine.begin() as conn:
-            row, message = await self._start(conn, task_id, scope)
+            row, message = await self._locked(conn, task_id, scope)
+            await start_run(self._publisher, message)
             recorded = await self._wait_recorded({task_id: message.run})
         if recorded:
             async with self._engine.connect() as conn:
@@ -70,27 +71,26 @@ class TaskRetry:
         ids = sorted(task_ids)  # locks in one order: two bulk retries never deadlock
         for at in range(0, len(ids), BULK_CHUNK):
             async with self._engine.begin() as conn:
-                runs: dict[str, int] = {}
+                messages: list[TaskMessage] = []
                 for task_id in ids[at:at + BULK_CHUNK]:
                     try:
-                        _, message = await self._start(conn, task_id, scope)
+                        messages.append((await self._locked(conn, task_id, scope))[1])
                     except (Conflict, NotFound):
                         skipped += 1
-                        continue
-                    runs[task_id] = message.run
-                await self._wait_recorded(runs)
-            started.extend(runs)
+                # Locked and checked one by one; published together (the confirms are the slow part).
+                await asyncio.gather(*(start_run(self._publisher, m) for m in messages))
+                await self._wait_recorded({m.task_id: m.run for m in messages})
+            started.extend(m.task_id for m in messages)
         return started, skipped
 
-    async def _start(self, conn: AsyncConnection, task_id: str,
-                     scope: repo.KbScope) -> tuple[repo.TaskRow, TaskMessage]:
+    async def _locked(self, conn: AsyncConnection, task_id: str,
+                      scope: repo.KbScope) -> tuple[repo.TaskRow, TaskMessage]:
+        """The task's retry lock for this transaction, and its next run (Conflict if it may not run again)."""
         await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:id))"), {"id": f"retry:{task_id}"})
         row = await repo.get_task(conn, task_id, scope=scope)
         if row is None:
             raise NotFound(f"task {task_id!r} not found")
-        message = self._message(row)
-        await start_run(self._publisher, message)
-        return row, message
+        return row, self._message(row)
 
     def _message(self, row: repo.TaskRow) -> TaskMessage:
         task_id, status = str(row["id"]), TaskStatus(row["status"])
