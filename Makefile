@@ -16,7 +16,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 UV_SYNC := $(UV) sync --locked --quiet --python $(PYTHON)
 
-.PHONY: run test test-fast install bench chaos lint lock clean python system-packages
+.PHONY: run test test-fast install bench chaos chaos-cluster lint lock clean python system-packages
 
 run: $(STAMP)
 	$(BIN)/taskmgr migrate
@@ -60,6 +60,10 @@ system-packages:
 
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos
+
+# The same soak on a three-node RabbitMQ cluster of its own, with replicas (about 5 minutes).
+chaos-cluster: $(STAMP)
+	$(BIN)/python -m tests.chaos_cluster
 
 # The whole comparison in one run (under 10 minutes): prints the table, writes BENCHMARKS.md.
 bench: $(BENCH_STAMP)

@@ -6,6 +6,9 @@ restarts; then one line of what became of every accepted task.
 
 Loopback only, bounded in time, cleans up after itself (its own RabbitMQ node
 and database). Lost, stuck and duplicated must be 0; the exit code says so.
+tests/chaos_cluster.py runs the same soak on a three-node cluster: what differs
+between the two is a `ChaosBroker` (how the broker starts, fails and stops) and
+the number of replicas.
 """
 
 from __future__ import annotations
@@ -19,15 +22,16 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
 from tests.support.api import TERMINAL, ApiClient
 from tests.support.callback_receiver import CallbackReceiver
 from tests.support.dedicated import DedicatedRabbitMQ
-from tests.support.environment import create_environment, destroy_environment
+from tests.support.environment import create_environment, destroy_environment, free_port
 from tests.support.fleet import Fleet, Process
 
 
@@ -35,8 +39,12 @@ from tests.support.fleet import Fleet, Process
 class ChaosConfig:
     tasks: int = 5000
     workers: int = 3
+    apis: int = 1
+    dispatchers: int = 1
     kill_every_seconds: float = 3.0
     restart_broker: bool = True
+    # Between two broker outages (a cluster has one per node, one at a time).
+    broker_fault_every_seconds: float = 20.0
     submit_concurrency: int = 20
     timeout_seconds: float = 300.0
     seed: int = 1
@@ -56,6 +64,9 @@ class ChaosReport:
     workers_killed: int = 0
     broker_restarts: int = 0
     refused_503: int = 0
+    failed_starts: int = 0
+    longest_outage_seconds: float = 0.0
+    slowest_task_seconds: float = 0.0
     elapsed_seconds: float = 0.0
     details: list[str] = field(default_factory=list)
 
@@ -70,6 +81,8 @@ class ChaosReport:
             f"duplicated_callbacks={self.duplicated_callbacks} missing_callbacks={self.missing_callbacks} "
             f"unexpected={self.unexpected} | workers_killed={self.workers_killed} "
             f"broker_restarts={self.broker_restarts} refused_503={self.refused_503} "
+            f"failed_starts={self.failed_starts} "
+            f"longest_outage={self.longest_outage_seconds:.0f}s slowest_task={self.slowest_task_seconds:.0f}s "
             f"elapsed={self.elapsed_seconds:.0f}s"
         )
 
@@ -91,43 +104,91 @@ def _mix(rng: random.Random) -> tuple[dict[str, Any], set[str], bool]:
     return {"task_type": "sleep", "payload": {"seconds": 4}}, {"cancelled"}, True
 
 
-async def run_chaos(config: ChaosConfig, log_dir: Path) -> ChaosReport:
+class ChaosBroker(Protocol):
+    """What the soak needs of a broker: start it, give each process its AMQP_URL,
+    make it fail `faults` times (blocking calls, run in a thread) and stop it."""
+
+    faults: int
+
+    def start(self) -> None: ...
+
+    def url(self, process_index: int) -> str: ...
+
+    def fault(self, number: int) -> float:
+        """Fault number `number` (0-based); returns how long the broker (or node) was out."""
+        ...
+
+    def stop(self) -> None: ...
+
+
+class SingleNodeBroker:
+    """`make chaos`: one RabbitMQ node of its own, its app stopped once for 3 s."""
+
+    def __init__(self, restart: bool) -> None:
+        self.node = DedicatedRabbitMQ()
+        self.faults = 1 if restart else 0
+
+    def start(self) -> None:
+        self.node.start()
+
+    def url(self, process_index: int) -> str:
+        return self.node.url
+
+    def fault(self, number: int) -> float:
+        started = time.monotonic()
+        self.node.stop_app()
+        time.sleep(3)
+        self.node.start_app()
+        return time.monotonic() - started
+
+    def stop(self) -> None:
+        self.node.stop()
+
+
+async def run_chaos(config: ChaosConfig, log_dir: Path, broker: ChaosBroker | None = None) -> ChaosReport:
     rng = random.Random(config.seed)
     report = ChaosReport()
     started = time.monotonic()
-    broker = DedicatedRabbitMQ()
+    broker = broker or SingleNodeBroker(config.restart_broker)
     await asyncio.to_thread(broker.start)
-    environment = await create_environment("chaos", amqp_url=broker.url)
+    environment = None
     receiver = CallbackReceiver()
-    await receiver.start()
-    fleet = Fleet(environment, log_dir)
-    fleet.add_api()
-    workers = [fleet.add_worker(name=f"worker-{i}") for i in range(config.workers)]
-    fleet.add_dispatcher()
+    fleet: Fleet | None = None
     try:
-        await fleet.start()
+        environment = await create_environment("chaos", amqp_url=broker.url(0))
+        await receiver.start()
+        fleet = Fleet(environment, log_dir)
+        apis = [fleet.add_api(name=f"api-{i}", port=None if i == 0 else free_port(), AMQP_URL=broker.url(i))
+                for i in range(config.apis)]
+        workers = [fleet.add_worker(name=f"worker-{i}", AMQP_URL=broker.url(i)) for i in range(config.workers)]
+        for i in range(config.dispatchers):
+            fleet.add_dispatcher(name=f"dispatcher-{i}", AMQP_URL=broker.url(i))
+        await fleet.start(timeout=60)
         async with aiohttp.ClientSession() as http:
-            api = ApiClient(fleet.api_url, http)
+            clients = [ApiClient(p.ready_url.removesuffix("/health/ready"), http) for p in apis if p.ready_url]
             expected: dict[str, set[str]] = {}
             stop_chaos = asyncio.Event()
-            chaos = asyncio.create_task(_chaos(fleet, workers, broker, config, rng, report, stop_chaos))
-            await _submit_all(api, config, rng, expected, report, receiver.url("chaos"))
+            chaos = asyncio.gather(_kill_workers(fleet, workers, config, rng, report, stop_chaos),
+                                   _break_broker(broker, config, report, stop_chaos))
+            await _submit_all(clients, config, rng, expected, report, receiver.url("chaos"))
             # Faults go on while the backlog drains, not only while tasks arrive.
-            await _wait_for_the_end(api, expected, config, report, started, chaos_running=chaos)
+            await _wait_for_the_end(clients[0], expected, config, report, started, broker.faults, chaos_running=chaos)
             stop_chaos.set()
             await chaos
             await _count_callbacks(receiver, expected, report)
     finally:
-        fleet.stop()
+        if fleet is not None:
+            fleet.stop()
         await receiver.stop()
-        await destroy_environment(environment)
+        if environment is not None:
+            await destroy_environment(environment)
         await asyncio.to_thread(broker.stop)
     report.elapsed_seconds = time.monotonic() - started
     return report
 
 
 async def _submit_all(
-    api: ApiClient, config: ChaosConfig, rng: random.Random, expected: dict[str, set[str]], report: ChaosReport,
+    apis: list[ApiClient], config: ChaosConfig, rng: random.Random, expected: dict[str, set[str]], report: ChaosReport,
     callback_url: str,
 ) -> None:
     plan = [_mix(rng) for _ in range(config.tasks)]
@@ -136,7 +197,7 @@ async def _submit_all(
         queue.put_nowait(item)
     cancels: list[asyncio.Task[None]] = []
 
-    async def submitter() -> None:
+    async def submitter(api: ApiClient) -> None:
         while not queue.empty():
             body, outcomes, cancel = queue.get_nowait()
             body = {**body, "callback_url": callback_url}
@@ -158,7 +219,8 @@ async def _submit_all(
                 report.refused_503 += status == 503
                 await asyncio.sleep(0.2)
 
-    await asyncio.gather(*(submitter() for _ in range(config.submit_concurrency)))
+    # Submitters are spread over the api replicas, as a load balancer would.
+    await asyncio.gather(*(submitter(apis[i % len(apis)]) for i in range(config.submit_concurrency)))
     await asyncio.gather(*cancels)
 
 
@@ -174,44 +236,62 @@ async def _cancel_later(api: ApiClient, task_id: str, delay: float) -> None:
         await asyncio.sleep(0.3)
 
 
-async def _chaos(
-    fleet: Fleet, workers: list[Process], broker: DedicatedRabbitMQ, config: ChaosConfig, rng: random.Random,
-    report: ChaosReport, stop: asyncio.Event,
+async def _kill_workers(
+    fleet: Fleet, workers: list[Process], config: ChaosConfig, rng: random.Random, report: ChaosReport,
+    stop: asyncio.Event,
 ) -> None:
-    restart_at = time.monotonic() + 4 if config.restart_broker else float("inf")
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), config.kill_every_seconds)
+            return
         except TimeoutError:
             pass
-        if time.monotonic() >= restart_at:
-            restart_at = float("inf")
-            await asyncio.to_thread(broker.stop_app)
-            await asyncio.sleep(3)
-            await asyncio.to_thread(broker.start_app)
-            report.broker_restarts += 1
-            continue
         victim = rng.choice(workers)
         victim.kill()
         report.workers_killed += 1
-        replacement = fleet.add_worker(name=f"{victim.name.split('#')[0]}#{report.workers_killed}")
-        workers[workers.index(victim)] = replacement
-        await fleet.start(replacement, timeout=60)
-    if config.restart_broker and report.broker_restarts == 0:
-        await asyncio.to_thread(broker.stop_app)
-        await asyncio.sleep(3)
-        await asyncio.to_thread(broker.start_app)
+        workers[workers.index(victim)] = await _replace(fleet, victim, report, stop)
+
+
+async def _replace(fleet: Fleet, victim: Process, report: ChaosReport, stop: asyncio.Event) -> Process:
+    """Start a worker in the victim's place and, as a supervisor (k8s, systemd)
+    would, start it again while it exits at startup: a worker cannot declare its
+    queues while the node that holds them is down."""
+    while True:
+        replacement = fleet.add_worker(name=f"{victim.name.split('#')[0]}#{report.workers_killed}",
+                                       AMQP_URL=victim.env["AMQP_URL"])
+        try:
+            await fleet.start(replacement, timeout=60)
+            return replacement
+        except (RuntimeError, TimeoutError):
+            replacement.kill()
+            report.failed_starts += 1
+            if stop.is_set():
+                return replacement
+            await asyncio.sleep(1)
+
+
+async def _break_broker(broker: ChaosBroker, config: ChaosConfig, report: ChaosReport, stop: asyncio.Event) -> None:
+    """The broker's faults one at a time: the first 4 s in, then one every
+    `broker_fault_every_seconds` (the soak waits for all of them, even once the tasks are done)."""
+    for number in range(broker.faults):
+        try:
+            await asyncio.wait_for(stop.wait(), 4 if number == 0 else config.broker_fault_every_seconds)
+            return  # out of time
+        except TimeoutError:
+            pass
+        outage = await asyncio.to_thread(broker.fault, number)
         report.broker_restarts += 1
+        report.longest_outage_seconds = max(report.longest_outage_seconds, outage)
 
 
 async def _wait_for_the_end(
     api: ApiClient, expected: dict[str, set[str]], config: ChaosConfig, report: ChaosReport, started: float,
-    chaos_running: asyncio.Task[None],
+    faults: int, chaos_running: asyncio.Future[Any],
 ) -> None:
     deadline = started + config.timeout_seconds
     pending = set(expected)
     finals: dict[str, dict[str, Any]] = {}
-    while (pending or (config.restart_broker and report.broker_restarts == 0)) and time.monotonic() < deadline:
+    while (pending or report.broker_restarts < faults) and time.monotonic() < deadline:
         if chaos_running.done():
             chaos_running.result()  # surface a failure of the fault injector itself
         for task_id in list(pending):
@@ -226,6 +306,7 @@ async def _wait_for_the_end(
         await asyncio.sleep(0.5)
     report.stuck = len(pending)
     report.details.extend(f"stuck: {t}" for t in sorted(pending)[:20])
+    report.slowest_task_seconds = slowest_task_seconds(finals.values())
     for task_id, task in finals.items():
         status = task["status"]
         if status not in expected[task_id]:
@@ -237,6 +318,13 @@ async def _wait_for_the_end(
             report.failed_as_expected += 1
         else:
             report.cancelled += 1
+
+
+def slowest_task_seconds(tasks: Any) -> float:
+    """The longest time from submission to a terminal status: how long a fault delayed a task."""
+    spans = [(datetime.fromisoformat(t["finished_at"]) - datetime.fromisoformat(t["created_at"])).total_seconds()
+             for t in tasks if t.get("finished_at") and t.get("created_at")]
+    return max(spans, default=0.0)
 
 
 async def _count_callbacks(receiver: CallbackReceiver, expected: dict[str, set[str]], report: ChaosReport) -> None:
@@ -253,25 +341,37 @@ async def _count_callbacks(receiver: CallbackReceiver, expected: dict[str, set[s
     report.missing_callbacks = max(report.missing_callbacks, 0)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.chaos", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser(prog: str, doc: str | None, workers: int) -> argparse.ArgumentParser:
+    """The options both soaks share."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=5000)
-    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=workers)
     parser.add_argument("--kill-every", type=float, default=3.0, help="seconds between worker kills")
-    parser.add_argument("--no-broker-restart", action="store_true")
-    parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--timeout", type=float, default=300.0, help="the whole run, broker start included")
     parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args(argv)
-    config = ChaosConfig(tasks=args.tasks, workers=args.workers, kill_every_seconds=args.kill_every,
-                         restart_broker=not args.no_broker_restart, timeout_seconds=args.timeout, seed=args.seed)
+    return parser
+
+
+def run_and_exit(config: ChaosConfig, broker: ChaosBroker | None = None, notes: list[str] | None = None) -> None:
+    """Run the soak, print its line (what the broker went through, what went wrong), exit 1 unless all is well."""
     log_dir = Path(tempfile.mkdtemp(prefix="tm-chaos-"))
-    report = asyncio.run(run_chaos(config, log_dir))
+    report = asyncio.run(run_chaos(config, log_dir, broker))
     print(report.line())
+    for note in notes or []:
+        print("  " + note)
     for detail in report.details[:30]:
         print("  " + detail)
     print(f"(process logs: {log_dir})")
     sys.exit(0 if report.ok else 1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    options = parser("python -m tests.chaos", __doc__, workers=3)
+    options.add_argument("--no-broker-restart", action="store_true")
+    args = options.parse_args(argv)
+    run_and_exit(ChaosConfig(tasks=args.tasks, workers=args.workers, kill_every_seconds=args.kill_every,
+                             restart_broker=not args.no_broker_restart, timeout_seconds=args.timeout,
+                             seed=args.seed))
 
 
 if __name__ == "__main__":

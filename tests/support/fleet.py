@@ -84,18 +84,20 @@ class Fleet:
         self.processes.append(process)
         return process
 
-    def add_api(self, **env: str) -> Process:
-        return self.add("api", [sys.executable, "-m", "services.api"],
-                        ready_url=f"{self.api_url}/health/ready", METRICS_PORT="0", **env)
+    def add_api(self, name: str = "api", port: int | None = None, **env: str) -> Process:
+        """The fleet's api on `api_port`, or a replica on a `port` of its own."""
+        port = port or self.api_port
+        return self.add(name, [sys.executable, "-m", "services.api"],
+                        ready_url=f"http://127.0.0.1:{port}/health/ready", METRICS_PORT="0", PORT=str(port), **env)
 
     def add_worker(self, stage: str = "default", name: str | None = None, **env: str) -> Process:
         port = free_port()
         return self.add(name or f"worker-{stage}", [sys.executable, "-m", "services.worker", "--stage", stage],
                         ready_url=f"http://127.0.0.1:{port}/health/ready", METRICS_PORT=str(port), **env)
 
-    def add_dispatcher(self, **env: str) -> Process:
+    def add_dispatcher(self, name: str = "dispatcher", **env: str) -> Process:
         port = free_port()
-        return self.add("dispatcher", [sys.executable, "-m", "services.dispatcher"],
+        return self.add(name, [sys.executable, "-m", "services.dispatcher"],
                         ready_url=f"http://127.0.0.1:{port}/health/ready", METRICS_PORT=str(port), **env)
 
     async def start(self, *processes: Process, timeout: float = 30) -> None:
@@ -106,7 +108,7 @@ class Fleet:
 
     def stop(self) -> None:
         # api first, dispatcher last: the order `taskmgr up` uses.
-        order = sorted(self.processes, key=lambda p: {"api": 0, "dispatcher": 2}.get(p.name, 1))
+        order = sorted(self.processes, key=lambda p: {"api": 0, "dispatcher": 2}.get(p.name.split("-")[0], 1))
         for process in order:
             started = time.monotonic()
             process.stop()

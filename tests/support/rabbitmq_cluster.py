@@ -47,6 +47,13 @@ class RabbitMQCluster:
         self.nodes[index].stop()
         self.stopped.add(self.nodes[index].node)
 
+    def restart(self, index: int) -> None:
+        """Boot a killed node again on its data folder: it rejoins the cluster by itself."""
+        node = self.nodes[index]
+        (node.root / "rabbitmq.pid").unlink(missing_ok=True)  # `wait` must follow the new pid, not the dead one
+        node.start()
+        self.stopped.discard(node.node)
+
     def connection_names(self, index: int) -> list[str]:
         out = self.nodes[index].ctl("list_connections", "client_properties", "--no-table-headers", "--silent")
         return [line for line in out.splitlines() if line.strip()]
