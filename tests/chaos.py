@@ -65,6 +65,7 @@ class ChaosReport:
     broker_restarts: int = 0
     refused_503: int = 0
     failed_starts: int = 0
+    late_cancels: int = 0
     longest_outage_seconds: float = 0.0
     slowest_task_seconds: float = 0.0
     elapsed_seconds: float = 0.0
@@ -81,7 +82,7 @@ class ChaosReport:
             f"duplicated_callbacks={self.duplicated_callbacks} missing_callbacks={self.missing_callbacks} "
             f"unexpected={self.unexpected} | workers_killed={self.workers_killed} "
             f"broker_restarts={self.broker_restarts} refused_503={self.refused_503} "
-            f"failed_starts={self.failed_starts} "
+            f"failed_starts={self.failed_starts} late_cancels={self.late_cancels} "
             f"longest_outage={self.longest_outage_seconds:.0f}s slowest_task={self.slowest_task_seconds:.0f}s "
             f"elapsed={self.elapsed_seconds:.0f}s"
         )
@@ -170,12 +171,13 @@ async def run_chaos(config: ChaosConfig, log_dir: Path, broker: ChaosBroker | No
             stop_chaos = asyncio.Event()
             chaos = asyncio.gather(_kill_workers(fleet, workers, config, rng, report, stop_chaos),
                                    _break_broker(broker, config, report, stop_chaos))
-            await _submit_all(clients, config, rng, expected, report, receiver.url("chaos"))
+            await _submit_all(clients, config, rng, expected, report, receiver.url("chaos"),
+                              deadline=started + config.timeout_seconds)
             # Faults go on while the backlog drains, not only while tasks arrive.
             await _wait_for_the_end(clients[0], expected, config, report, started, broker.faults, chaos_running=chaos)
             stop_chaos.set()
             await chaos
-            await _count_callbacks(receiver, expected, report)
+            await _count_callbacks(receiver, expected, report, deadline=started + config.timeout_seconds)
     finally:
         if fleet is not None:
             fleet.stop()
@@ -189,8 +191,9 @@ async def run_chaos(config: ChaosConfig, log_dir: Path, broker: ChaosBroker | No
 
 async def _submit_all(
     apis: list[ApiClient], config: ChaosConfig, rng: random.Random, expected: dict[str, set[str]], report: ChaosReport,
-    callback_url: str,
+    callback_url: str, deadline: float,
 ) -> None:
+    """Submit every task (retrying refusals with one Idempotency-Key) until `deadline`."""
     plan = [_mix(rng) for _ in range(config.tasks)]
     queue: asyncio.Queue[tuple[dict[str, Any], set[str], bool]] = asyncio.Queue()
     for item in plan:
@@ -198,7 +201,7 @@ async def _submit_all(
     cancels: list[asyncio.Task[None]] = []
 
     async def submitter(api: ApiClient) -> None:
-        while not queue.empty():
+        while not queue.empty() and time.monotonic() < deadline:
             body, outcomes, cancel = queue.get_nowait()
             body = {**body, "callback_url": callback_url}
             key = uuid.uuid4().hex  # a retried submission never creates a second task
@@ -208,15 +211,17 @@ async def _submit_all(
                                                      headers={"Idempotency-Key": key},
                                                      timeout=aiohttp.ClientTimeout(total=20))
                 except (aiohttp.ClientError, TimeoutError):
-                    await asyncio.sleep(0.2)
-                    continue
+                    status = 0
                 if status in (200, 201):
                     expected[created["task_id"]] = outcomes
                     report.accepted += 1
                     if cancel:
-                        cancels.append(asyncio.create_task(_cancel_later(api, created["task_id"], rng.uniform(0.2, 1.5))))
+                        cancels.append(asyncio.create_task(
+                            _cancel_later(api, created["task_id"], rng.uniform(0.2, 1.5), expected, report, deadline)))
                     break
                 report.refused_503 += status == 503
+                if time.monotonic() > deadline:
+                    return
                 await asyncio.sleep(0.2)
 
     # Submitters are spread over the api replicas, as a load balancer would.
@@ -224,14 +229,21 @@ async def _submit_all(
     await asyncio.gather(*cancels)
 
 
-async def _cancel_later(api: ApiClient, task_id: str, delay: float) -> None:
+async def _cancel_later(
+    api: ApiClient, task_id: str, delay: float, expected: dict[str, set[str]], report: ChaosReport, deadline: float,
+) -> None:
     await asyncio.sleep(delay)
-    while True:
+    while time.monotonic() < deadline:
         try:
             status, _ = await api.call("DELETE", f"/api/v1/tasks/{task_id}", timeout=aiohttp.ClientTimeout(total=20))
         except (aiohttp.ClientError, TimeoutError):
             status = 0
-        if status in (200, 202, 409):
+        if status in (200, 202):
+            return
+        if status == 409:
+            # Refused (503) until the task had ended: a 4 s sleep that completed is then right.
+            report.late_cancels += 1
+            expected[task_id] = {"completed", "cancelled"}
             return
         await asyncio.sleep(0.3)
 
@@ -327,8 +339,10 @@ def slowest_task_seconds(tasks: Any) -> float:
     return max(spans, default=0.0)
 
 
-async def _count_callbacks(receiver: CallbackReceiver, expected: dict[str, set[str]], report: ChaosReport) -> None:
-    deadline = time.monotonic() + 60
+async def _count_callbacks(
+    receiver: CallbackReceiver, expected: dict[str, set[str]], report: ChaosReport, deadline: float,
+) -> None:
+    deadline = max(deadline, time.monotonic() + 5)  # the run's own deadline, and a few seconds for the last ones
     while time.monotonic() < deadline:
         delivered = {r.json["task_id"] for r in receiver.received if r.status == 200}
         if delivered >= set(expected):
