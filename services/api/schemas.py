@@ -197,9 +197,10 @@ class SearchAnswer(_Body):
     took_ms: float
 
 
-class DocumentView(_Body):
-    document_id: str
-    source: str | None
+class _DocumentFacts(_Body):
+    """What a stored document is, shown both by its own view and in the kb's list."""
+
+    source: str | None = Field(description="The file name (upload) or path.")
     title: str | None
     content_type: str | None
     file_bytes: int | None
@@ -209,6 +210,10 @@ class DocumentView(_Body):
     embedding_model: str | None
     embedding_dim: int | None
     metadata: dict[str, Any]
+
+
+class DocumentView(_DocumentFacts):
+    document_id: str
     task_id: str = Field(description="The task that wrote the current chunks.")
     created_at: datetime
     updated_at: datetime
@@ -228,7 +233,7 @@ class DocumentTimings(_Body):
         description="Seconds per pipeline stage and `total`, for a completed run.")
 
 
-class DocumentListItem(_Body):
+class DocumentListItem(_DocumentFacts):
     document_id: str | None = Field(description="Null for a run whose file_path has not been named yet "
                                                 "(it failed, or waits, before `preprocess`).")
     status: Literal["queued", "processing", "ready", "failed", "cancelled"] = Field(
@@ -236,16 +241,6 @@ class DocumentListItem(_Body):
                     "failed (see `error`) or cancelled.")
     searchable: bool = Field(description="Search finds its chunks (a failed re-run keeps the previous ones).")
     error: DocumentError | None
-    source: str | None = Field(description="The file name (upload) or path.")
-    content_type: str | None
-    file_bytes: int | None
-    title: str | None
-    pages: int | None
-    characters: int | None
-    chunk_count: int
-    embedding_model: str | None
-    embedding_dim: int | None
-    metadata: dict[str, Any]
     task_id: str = Field(description="The newest run's task (the one `status` describes).")
     progress: int | None
     stage: str | None
